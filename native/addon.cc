@@ -1,0 +1,179 @@
+// Module entry: registers the handle classes, the process-wide llama.cpp set-up, the env cleanup hook and the
+// free functions (versions, quantization for the converter).
+#include <napi.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "common.h"
+#include "ggml.h"
+#include "model.h"
+#include "registry.h"
+#include "session.h"
+
+namespace qwen {
+
+namespace {
+thread_local std::string lastLogError;
+bool logToStderr = false;
+
+void LogCallback(ggml_log_level level, const char* text, void*) {
+  if (logToStderr) std::fputs(text, stderr);
+  if (level == GGML_LOG_LEVEL_ERROR || level == GGML_LOG_LEVEL_WARN) {
+    lastLogError += text;
+    if (lastLogError.size() > 4096) lastLogError.erase(0, lastLogError.size() - 4096);
+  }
+}
+}  // namespace
+
+std::string TakeLastLogError() {
+  std::string out;
+  out.swap(lastLogError);
+  while (!out.empty() && (out.back() == '\n' || out.back() == ' ')) out.pop_back();
+  return out;
+}
+
+void ClearLastLogError() { lastLogError.clear(); }
+
+Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string& message) {
+  Napi::Error err = Napi::Error::New(env, message);
+  err.Set("code", Napi::String::New(env, code));
+  return err;
+}
+
+void ThrowCoded(Napi::Env env, const std::string& code, const std::string& message) {
+  throw CodedError(env, code, message);
+}
+
+void EnsureBackend() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+    const char* debug = std::getenv("QWEN_GGUF_DEBUG");
+    logToStderr = debug && *debug && std::string(debug) != "0";
+    llama_log_set(LogCallback, nullptr);
+    llama_backend_init();
+  });
+}
+
+namespace {
+
+// quantize(type, Float32Array rows, nRows, nPerRow, threads) -> Promise<Buffer>, with ggml's own routines so the
+// bytes equal llama-quantize's. Rows are split across threads; runs on the libuv pool (one bounded task per tensor).
+class QuantizeWorker : public Napi::AsyncWorker {
+ public:
+  QuantizeWorker(Napi::Env env, ggml_type type, Napi::Float32Array src, int64_t nRows, int64_t nPerRow, int threads)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), type_(type), src_(src.Data()),
+        nRows_(nRows), nPerRow_(nPerRow), threads_(threads) {
+    srcRef_ = Napi::Persistent(src.As<Napi::Object>());  // the source must outlive the worker
+  }
+  Napi::Promise Promise() { return deferred_.Promise(); }
+  void Execute() override {
+    const size_t rowSize = ggml_row_size(type_, nPerRow_);
+    out_.resize(rowSize * nRows_);
+    ggml_quantize_init(type_);
+    const int n = (int)std::max<int64_t>(1, std::min<int64_t>(threads_, nRows_));
+    const int64_t perThread = (nRows_ + n - 1) / n;
+    std::vector<std::thread> pool;
+    for (int t = 0; t < n; t++) {
+      int64_t first = t * perThread, count = std::min(perThread, nRows_ - first);
+      if (count <= 0) break;
+      pool.emplace_back([=] { ggml_quantize_chunk(type_, src_, out_.data(), first * nPerRow_, count, nPerRow_, nullptr); });
+    }
+    for (auto& th : pool) th.join();
+  }
+  void OnOK() override {
+    auto* data = new std::vector<uint8_t>(std::move(out_));
+    deferred_.Resolve(Napi::Buffer<uint8_t>::New(Env(), data->data(), data->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* d) { delete d; }, data));
+  }
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+ private:
+  Napi::Promise::Deferred deferred_;
+  ggml_type type_;
+  const float* src_;
+  int64_t nRows_, nPerRow_;
+  int threads_;
+  Napi::ObjectReference srcRef_;
+  std::vector<uint8_t> out_;
+};
+
+Napi::Value Quantize(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int type = info[0].As<Napi::Number>().Int32Value();
+  if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((ggml_type)type) == 0) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "unknown ggml type " + std::to_string(type));
+  if (ggml_quantize_requires_imatrix((ggml_type)type)) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", std::string("ggml type ") + ggml_type_name((ggml_type)type) + " needs an importance matrix");
+  auto src = info[1].As<Napi::Float32Array>();
+  int64_t nRows = info[2].As<Napi::Number>().Int64Value(), nPerRow = info[3].As<Napi::Number>().Int64Value();
+  int threads = info[4].As<Napi::Number>().Int32Value();
+  if (nRows <= 0 || nPerRow <= 0 || (int64_t)src.ElementLength() != nRows * nPerRow) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "rows × row length does not match the data");
+  if (nPerRow % ggml_blck_size((ggml_type)type) != 0) {
+    ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "row length " + std::to_string(nPerRow) + " is not a multiple of the " + ggml_type_name((ggml_type)type) + " block size " + std::to_string(ggml_blck_size((ggml_type)type)));
+  }
+  auto* worker = new QuantizeWorker(env, (ggml_type)type, src, nRows, nPerRow, threads);
+  Napi::Promise promise = worker->Promise();
+  worker->Queue();
+  return promise;
+}
+
+// Facts about a ggml type the converter needs: block size and bytes per block.
+Napi::Value TypeInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int type = info[0].As<Napi::Number>().Int32Value();
+  if (type < 0 || type >= GGML_TYPE_COUNT) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "unknown ggml type " + std::to_string(type));
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("name", ggml_type_name((ggml_type)type));
+  out.Set("blockSize", (double)ggml_blck_size((ggml_type)type));
+  out.Set("typeSize", (double)ggml_type_size((ggml_type)type));
+  return out;
+}
+
+Napi::Value Versions(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  EnsureBackend();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("llamaCppCommit", QWEN_GGUF_LLAMA_COMMIT);
+  out.Set("cpuVariant", QWEN_GGUF_CPU_VARIANT);
+  out.Set("systemInfo", llama_print_system_info());
+  return out;
+}
+
+void CleanupEnv(void* data) {
+  auto* registry = static_cast<Registry*>(data);
+  // Sessions first (they stop their threads and free contexts), then the models they used.
+  auto sessions = registry->sessions;
+  for (auto* s : sessions) s->Shutdown();
+  registry->sessions.clear();
+  auto models = registry->models;
+  for (auto* m : models) m->Free();
+  registry->models.clear();
+}
+
+}  // namespace
+
+void KeepRegistry(Napi::Env, Registry*) {}
+
+Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
+  auto* registry = new Registry();
+  // The registry outlives the environment on purpose (a few bytes): wrapped objects finalized during teardown
+  // may still look it up.
+  env.SetInstanceData<Registry, KeepRegistry>(registry);
+  env.AddCleanupHook(CleanupEnv, registry);
+  Napi::Function model = AddonModel::Init(env);
+  Napi::Function session = AddonSession::Init(env);
+  registry->modelClass = Napi::Persistent(model);
+  registry->sessionClass = Napi::Persistent(session);
+  exports.Set("AddonModel", model);
+  exports.Set("AddonSession", session);
+  exports.Set("quantize", Napi::Function::New(env, Quantize));
+  exports.Set("typeInfo", Napi::Function::New(env, TypeInfo));
+  exports.Set("versions", Napi::Function::New(env, Versions));
+  return exports;
+}
+
+}  // namespace qwen
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) { return qwen::InitModule(env, exports); }
+NODE_API_MODULE(qwen_gguf, Init)
