@@ -5,3 +5,7 @@ export { QwenError } from "./errors.js";
 export type { QwenErrorCode } from "./errors.js";
 export { readGguf } from "./gguf.js";
 export { versions } from "./versions.js";
+export { convert } from "./convert/convert.js";
+export type { ConvertOptions, ConvertResult, ConvertProgress } from "./convert/convert.js";
+export { OUTPUT_TYPES } from "./convert/plan.js";
+export type { OutputType } from "./convert/plan.js";

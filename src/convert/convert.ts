@@ -1,0 +1,158 @@
+/**
+ * Hugging Face checkpoint directory → GGUF in one streaming pass: tensors are read a bounded block of rows at a
+ * time, converted to float32, quantized by ggml's own routines in the addon (multi-threaded) and appended to a
+ * temporary file that is renamed over the output only when complete.
+ */
+import { existsSync } from "node:fs";
+import { open, readFile, rename, unlink } from "node:fs/promises";
+import { availableParallelism } from "node:os";
+import { basename, dirname, join, resolve } from "node:path";
+import { abortError, QwenError } from "../errors.js";
+import { encodeGgufHeader, GGUF_DEFAULT_ALIGNMENT, GgmlType, ggmlTypeName, tensorBytes } from "../gguf.js";
+import { native } from "../native.js";
+import { checkBool, checkFunction, checkInt, checkOneOf, checkSignal, checkString, checkStringList, optionalObject } from "../validate.js";
+import { buildMetadata, type TokenizerFiles } from "./metadata.js";
+import { fileTypeOf, OUTPUT_TYPES, parseConfig, parseTensorTypeOverride, planTensors, type OutputType } from "./plan.js";
+import { readCheckpointTensors, TensorReader } from "./safetensors.js";
+
+export interface ConvertProgress {
+  /** Tensor being written (GGUF name). */
+  tensor: string;
+  index: number;
+  count: number;
+  bytesDone: number;
+  bytesTotal: number;
+}
+
+export interface ConvertOptions {
+  /** Output GGUF path. Required unless `dryRun`. */
+  out?: string;
+  /** Output type: f32, f16, bf16, q8_0, q4_0, q4_k_m, q5_k_m, q6_k or mixed. Default: "f16". */
+  type?: OutputType;
+  /** llama-quantize style overrides "pattern=type" (regex searched in the GGUF tensor name; the first match wins). */
+  tensorTypes?: string[];
+  /** Quantization threads. Default: the number of available CPUs. */
+  threads?: number;
+  /** Replace an existing output file. Default: false. */
+  force?: boolean;
+  /** Only plan: return each tensor's type and size, write nothing. Default: false. */
+  dryRun?: boolean;
+  /** general.name. Default: the checkpoint directory's name. */
+  name?: string;
+  onProgress?: (p: ConvertProgress) => void;
+  signal?: AbortSignal;
+}
+
+export interface ConvertResult {
+  out?: string;
+  type: OutputType;
+  architecture: string;
+  tensors: { name: string; type: string; dims: number[]; bytes: number }[];
+  /** Bytes of the whole file (header + data). */
+  bytes: number;
+  seconds: number;
+}
+
+const CHUNK_ELEMENTS = 8 * 1024 * 1024; // 32 MB of float32 per block: bounds memory whatever the tensor size
+
+async function readJson(path: string, required: boolean): Promise<Record<string, unknown> | undefined> {
+  let text: string;
+  try {
+    text = await readFile(path, "utf8");
+  } catch (err) {
+    if (!required) return undefined;
+    throw new QwenError("ERR_CHECKPOINT_MISSING_FILE", `${path} is missing`, { cause: err });
+  }
+  try {
+    return JSON.parse(text);
+  } catch (err) {
+    throw new QwenError("ERR_CHECKPOINT_INVALID", `${path} is not valid JSON: ${(err as Error).message}`, { cause: err });
+  }
+}
+
+export async function convert(dir: string, options: ConvertOptions = {}): Promise<ConvertResult> {
+  const started = performance.now();
+  checkString("dir", dir);
+  const o = optionalObject<ConvertOptions>("options", options);
+  const type = checkOneOf("type", o.type, OUTPUT_TYPES, "f16");
+  const threads = checkInt("threads", o.threads, availableParallelism(), 1, 1024);
+  const force = checkBool("force", o.force, false);
+  const dryRun = checkBool("dryRun", o.dryRun, false);
+  const signal = checkSignal("signal", o.signal);
+  const onProgress = checkFunction<(p: ConvertProgress) => void>("onProgress", o.onProgress);
+  const overrides = checkStringList("tensorTypes", o.tensorTypes).map(parseTensorTypeOverride);
+  const out = o.out === undefined ? undefined : resolve(checkString("out", o.out));
+  if (!dryRun && !out) throw new QwenError("ERR_INVALID_ARG_VALUE", "options.out (the output path) is required");
+
+  const configRaw = (await readJson(join(dir, "config.json"), true))!;
+  const config = parseConfig(configRaw);
+  const files: TokenizerFiles = {
+    tokenizer: (await readJson(join(dir, "tokenizer.json"), true)) as TokenizerFiles["tokenizer"],
+    tokenizerConfig: (await readJson(join(dir, "tokenizer_config.json"), true))!,
+    generationConfig: await readJson(join(dir, "generation_config.json"), false),
+  };
+  const sources = await readCheckpointTensors(dir);
+  const plan = planTensors(config, sources, { type, overrides });
+  const parameters = plan.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const quantized = plan.some((t) => ![GgmlType.F32, GgmlType.F16, GgmlType.BF16].includes(t.type));
+  const metadata = buildMetadata(config, files, {
+    name: checkString("name", o.name ?? basename(resolve(dir))), fileType: fileTypeOf(type), quantized, parameters,
+  });
+  const tensors = plan.map((t) => ({ ...t, bytes: tensorBytes(t.type, t.dims) }));
+  const { header, dataBytes } = encodeGgufHeader(metadata, tensors);
+  const summary = tensors.map((t) => ({ name: t.name, type: ggmlTypeName(t.type), dims: t.dims, bytes: t.bytes }));
+  const result: ConvertResult = { out, type, architecture: config.arch, tensors: summary, bytes: header.length + dataBytes, seconds: 0 };
+  if (dryRun) return { ...result, out: undefined, seconds: (performance.now() - started) / 1000 };
+
+  if (existsSync(out!) && !force) throw new QwenError("ERR_OUTPUT_EXISTS", `${out} exists; pass force (--force) to replace it`);
+  const temp = join(dirname(out!), `.${basename(out!)}.${process.pid}.${Date.now()}.tmp`);
+  const addon = native();
+  const reader = new TensorReader();
+  let fh;
+  try {
+    fh = await open(temp, "wx");
+  } catch (err) {
+    throw new QwenError("ERR_OUTPUT_WRITE", `cannot create ${temp} next to the output: ${(err as Error).message}`, { cause: err });
+  }
+  let completed = false;
+  try {
+    await fh.write(header);
+    let bytesDone = header.length;
+    const padding = Buffer.alloc(GGUF_DEFAULT_ALIGNMENT);
+    for (let index = 0; index < tensors.length; index++) {
+      const t = tensors[index];
+      const rowLength = t.dims[0];
+      const rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
+      const rowsPerChunk = Math.max(1, Math.floor(CHUNK_ELEMENTS / rowLength));
+      const read = (first: number) => reader.readRows(t.source, rowLength, first, Math.min(rowsPerChunk, rows - first));
+      let pending = read(0);
+      for (let first = 0; first < rows; first += rowsPerChunk) {
+        if (signal?.aborted) throw abortError(signal);
+        const data = await pending;
+        const count = Math.min(rowsPerChunk, rows - first);
+        if (first + rowsPerChunk < rows) pending = read(first + rowsPerChunk); // overlap the next read with this block's work
+        const encoded = t.type === GgmlType.F32 ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : await addon.quantize(t.type, data, count, rowLength, threads);
+        await fh.write(encoded);
+        bytesDone += encoded.length;
+      }
+      const pad = (GGUF_DEFAULT_ALIGNMENT - (t.bytes % GGUF_DEFAULT_ALIGNMENT)) % GGUF_DEFAULT_ALIGNMENT;
+      if (pad) await fh.write(padding, 0, pad);
+      bytesDone += pad;
+      onProgress?.({ tensor: t.name, index: index + 1, count: tensors.length, bytesDone, bytesTotal: result.bytes });
+    }
+    await fh.sync();
+    await fh.close();
+    fh = undefined;
+    await rename(temp, out!);
+    completed = true;
+  } catch (err) {
+    if (err instanceof QwenError) throw err;
+    const e = err as NodeJS.ErrnoException;
+    throw new QwenError("ERR_OUTPUT_WRITE", `writing ${out} failed: ${e.code === "ENOSPC" ? "the disk is full" : e.message}`, { cause: err });
+  } finally {
+    await fh?.close().catch(() => undefined);
+    await reader.close();
+    if (!completed) await unlink(temp).catch(() => undefined);
+  }
+  return { ...result, seconds: (performance.now() - started) / 1000 };
+}
