@@ -16,9 +16,9 @@ import {
 } from "./validate.js";
 
 export const SUPPORTED_ARCHITECTURES = ["qwen3", "qwen2"] as const;
-export const KV_CACHE_TYPES = ["f16", "q8_0", "q4_0"] as const;
+export const KV_CACHE_TYPES = ["f16", "q8_0", "q4_0", "f32"] as const;
 export type KvCacheType = (typeof KV_CACHE_TYPES)[number];
-const KV_GGML_TYPE: Record<KvCacheType, GgmlType> = { f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0 };
+const KV_GGML_TYPE: Record<KvCacheType, GgmlType> = { f16: GgmlType.F16, q8_0: GgmlType.Q8_0, q4_0: GgmlType.Q4_0, f32: GgmlType.F32 };
 
 /** Names of llama.cpp's `general.file_type` values (enum llama_ftype). */
 export const FILE_TYPE_NAMES: Record<number, string> = {
@@ -35,7 +35,8 @@ export interface LoadModelOptions {
   contextSize?: number;
   /** Largest number of prompt tokens decoded in one step. Default: 512. */
   batchSize?: number;
-  /** Storage type of the KV cache: "f16" (default), "q8_0" (half the memory) or "q4_0" (a quarter). */
+  /** Storage type of the KV cache: "f16" (default), "q8_0" (about half the memory), "q4_0" (about a quarter), or
+   * "f32" (twice the memory; exact, for numerical comparisons). */
   kvCacheType?: KvCacheType;
   /** Map the file instead of reading it into memory. Default: true. */
   mmap?: boolean;
@@ -148,7 +149,7 @@ export async function estimateMemory(path: string, options: { contextSize?: numb
   const embd = n("embedding_length");
   const keyLen = n("attention.key_length") || embd / heads;
   const valueLen = n("attention.value_length") || embd / heads;
-  const bytesPerElement = kvType === "f16" ? 2 : kvType === "q8_0" ? 34 / 32 : 18 / 32;
+  const bytesPerElement = { f32: 4, f16: 2, q8_0: 34 / 32, q4_0: 18 / 32 }[kvType];
   const kvCache = Math.ceil(n("block_count") * contextSize * kvHeads * (keyLen + valueLen) * bytesPerElement);
   const vocab = (file.metadata.get("tokenizer.ggml.tokens")?.value as unknown[] | undefined)?.length ?? 0;
   const compute = vocab * 4 + batch * (embd * 4 * 8 + n("feed_forward_length") * 4 * 3) + batch * contextSize * heads * 4;
@@ -558,6 +559,8 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
     if (signal?.aborted) throw abortError(signal);
     await session.init({
       contextSize, batchSize, ubatchSize: Math.min(batchSize, 512), threads, threadsBatch, kvType: KV_GGML_TYPE[kvCacheType],
+      // CPU flash attention computes in F16; an F32 cache is asked for exactness, so it gets the plain F32 path (0 = disabled, -1 = auto)
+      flashAttention: kvCacheType === "f32" ? 0 : -1,
     });
   } catch (err) {
     session.dispose();

@@ -69,7 +69,8 @@ export function buildMetadata(config: ModelConfig, files: TokenizerFiles, opts: 
     byId.set(t.id, t.content);
     added.set(t.id, t);
   }
-  const maxId = Math.max(...byId.keys());
+  let maxId = -1;
+  for (const id of byId.keys()) maxId = Math.max(maxId, id);
   if (maxId >= config.vocab) {
     throw new QwenError("ERR_VOCAB_SIZE", `config.json vocab_size ${config.vocab} is smaller than the tokenizer (${maxId + 1} tokens)`);
   }
