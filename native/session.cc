@@ -239,6 +239,7 @@ Napi::Value AddonSession::InitContext(const Napi::CallbackInfo& info) {
   Napi::Object o = info[0].As<Napi::Object>();
   llama_context_params p = llama_context_default_params();
   p.n_ctx = (uint32_t)NumberOption(o, "contextSize", 2048);
+  contextLimit_ = p.n_ctx;
   p.n_batch = (uint32_t)NumberOption(o, "batchSize", 512);
   p.n_ubatch = std::min(p.n_batch, (uint32_t)NumberOption(o, "ubatchSize", 512));
   p.n_seq_max = 1;
@@ -319,7 +320,7 @@ void AddonSession::RunGeneration(std::vector<llama_token> prompt, SamplingOption
     if (tsfn.NonBlockingCall(ev, DeliverEvent) != napi_ok) delete ev;
   };
   const llama_vocab* vocab = model_->vocab();
-  const size_t nCtx = llama_n_ctx(ctx_);
+  const size_t nCtx = std::min<size_t>(contextLimit_, llama_n_ctx(ctx_));
   auto done = std::make_unique<GenerationEvent>();
   done->kind = GenerationEvent::Done;
   done->promptTokens = (int32_t)prompt.size();
@@ -407,7 +408,7 @@ Napi::Value AddonSession::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
   out.Set("cachedTokens", (double)cached_.size());
-  out.Set("contextSize", ctx_ ? (double)llama_n_ctx(ctx_) : 0.0);
+  out.Set("contextSize", ctx_ ? (double)contextLimit_ : 0.0);
   out.Set("batchSize", ctx_ ? (double)llama_n_batch(ctx_) : 0.0);
   out.Set("threads", ctx_ ? (double)llama_n_threads(ctx_) : 0.0);
   out.Set("threadsBatch", ctx_ ? (double)llama_n_threads_batch(ctx_) : 0.0);

@@ -66,6 +66,7 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   std::atomic<bool> abort_{false};
   std::atomic<bool> busy_{false};   // a generation or a logits task owns the context
   std::thread thread_;
+  size_t contextLimit_ = 0;  // the context size asked for (llama.cpp may round its own n_ctx up)
   std::vector<llama_token> cached_;  // tokens whose K/V are in the cache, in position order (prefix reuse)
   int64_t externalBytes_ = 0;
 };

@@ -1,0 +1,208 @@
+import assert from "node:assert/strict";
+import { after, before, describe, it } from "node:test";
+import { setTimeout as sleep } from "node:timers/promises";
+import { loadModel, type Model } from "../src/index.js";
+import { converted, TINY_QWEN3, TINY_QWEN3_UNTIED } from "./support/models.js";
+
+const gc = (globalThis as { gc?: () => void }).gc;
+
+describe("stream", () => {
+  let model: Model;
+  let path: string;
+  before(async () => {
+    path = (await converted("qwen3-tied-gqa", TINY_QWEN3, "f32")).out;
+    model = await loadModel(path, { contextSize: 256, threads: 2, kvCacheType: "f32" });
+  });
+  after(() => model.dispose());
+
+  it("greedy stream() equals the argmax of logits() step by step", async () => {
+    const prompt = "Once upon a time";
+    const result = await model.generate(prompt, { maxTokens: 12, temperature: 0, ignoreEos: true });
+    assert.equal(result.tokens.length, 12);
+    const sequence = model.tokenize(prompt);
+    for (const token of result.tokens) {
+      const logits = await model.logits(sequence);
+      const row = logits.subarray((sequence.length - 1) * model.info.vocabSize);
+      let best = 0;
+      for (let j = 1; j < row.length; j++) if (row[j] > row[best]) best = j;
+      assert.equal(token, best);
+      sequence.push(token);
+    }
+    assert.equal(result.text, model.detokenize(result.tokens));
+  });
+
+  it("the event loop keeps ticking during load and generation", async () => {
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 1);
+    const loading = loadModel(path, { contextSize: 64, threads: 1 });
+    await sleep(0);
+    const other = await loading;
+    const loadTicks = ticks;
+    await other.dispose();
+    ticks = 0;
+    let pieces = 0;
+    for await (const _ of model.stream("Hello", { maxTokens: 200, temperature: 0, ignoreEos: true })) pieces++;
+    clearInterval(timer);
+    assert.ok(loadTicks > 0, "a timer fired while loading");
+    assert.ok(ticks > 0 && pieces > 0, `a timer fired while generating (${ticks} ticks, ${pieces} pieces)`);
+  });
+
+  it("maxTokens, stop strings and finish reasons", async () => {
+    const r = await model.generate("Hello", { maxTokens: 5, temperature: 0, ignoreEos: true });
+    assert.equal(r.finishReason, "length");
+    assert.equal(r.timings.genTokens, 5);
+    const full = await model.generate("Hello", { maxTokens: 20, temperature: 0, ignoreEos: true });
+    const stop = full.text.slice(4, 7);
+    const stopped = await model.generate("Hello", { maxTokens: 20, temperature: 0, ignoreEos: true, stop: [stop] });
+    assert.equal(stopped.finishReason, "stop");
+    assert.equal(stopped.text, full.text.slice(0, full.text.indexOf(stop)));
+  });
+
+  it("a prompt that does not fit fails before any work, naming both numbers", async () => {
+    const long = "word ".repeat(300);
+    const n = model.tokenize(long).length;
+    await assert.rejects(model.generate(long), (e: { code?: string; message: string }) =>
+      e.code === "ERR_CONTEXT_OVERFLOW" && e.message.includes(`${n} tokens`) && e.message.includes("256 tokens"));
+  });
+
+  it("generation that reaches the context end stops with finishReason length", async () => {
+    const small = await loadModel(path, { contextSize: 32, threads: 1 });
+    try {
+      const r = await small.generate("Hello there", { maxTokens: 1000, temperature: 0, ignoreEos: true });
+      assert.equal(r.finishReason, "length");
+      assert.ok(r.timings.promptTokens + r.tokens.length <= 33, `${r.timings.promptTokens} + ${r.tokens.length}`);
+    } finally {
+      await small.dispose();
+    }
+  });
+
+  it("two concurrent streams both complete correctly", async () => {
+    const opts = { maxTokens: 16, temperature: 0, ignoreEos: true };
+    const alone = [await model.generate("One", opts), await model.generate("Two", opts)];
+    const [a, b] = await Promise.all([model.generate("One", opts), model.generate("Two", opts)]);
+    assert.deepEqual(a.tokens, alone[0].tokens);
+    assert.deepEqual(b.tokens, alone[1].tokens);
+  });
+
+  it("a follow-up prompt reuses the cached prefix", async () => {
+    const first = await model.generate("The cat sat on the mat.", { maxTokens: 4, temperature: 0 });
+    const second = await model.generate("The cat sat on the mat." + first.text + " Then", { maxTokens: 4, temperature: 0 });
+    assert.ok(second.timings.cachedTokens >= 6, `cached ${second.timings.cachedTokens}`);
+  });
+
+  it("break, abort and dispose stop the work and leave the model usable", async () => {
+    for await (const _ of model.stream("Hello", { maxTokens: 10000, temperature: 0, ignoreEos: true })) break;
+    const controller = new AbortController();
+    const stream = model.stream("Hello", { maxTokens: 10000, temperature: 0, ignoreEos: true, signal: controller.signal });
+    await assert.rejects(async () => {
+      for await (const _ of stream) controller.abort();
+    }, (e: { code?: string }) => e.code === "ABORT_ERR");
+    const after = await model.generate("Hello", { maxTokens: 3, temperature: 0, ignoreEos: true });
+    assert.equal(after.tokens.length, 3);
+
+    const doomed = await loadModel(path, { contextSize: 64, threads: 1 });
+    const pending = (async () => {
+      for await (const _ of doomed.stream("Hello", { maxTokens: 10000, ignoreEos: true })) await doomed.dispose();
+    })();
+    await assert.rejects(pending, (e: { code?: string }) => e.code === "ERR_DISPOSED");
+    await doomed.dispose(); // twice is fine
+    assert.throws(() => doomed.tokenize("x"), (e: { code?: string }) => e.code === "ERR_DISPOSED");
+  });
+
+  it("500 abandoned streams (break, abort, dispose) leak less than 20 MB", async () => {
+    const round = async (i: number) => {
+      if (i % 5 === 4) {
+        const m = await loadModel(path, { contextSize: 64, threads: 1 });
+        try {
+          for await (const _ of m.stream("Hi", { maxTokens: 1000, ignoreEos: true })) await m.dispose();
+        } catch (e) {
+          assert.equal((e as { code?: string }).code, "ERR_DISPOSED");
+        }
+      } else if (i % 2) {
+        for await (const _ of model.stream("Hi", { maxTokens: 1000, ignoreEos: true })) break;
+      } else {
+        const c = new AbortController();
+        try {
+          for await (const _ of model.stream("Hi", { maxTokens: 1000, ignoreEos: true, signal: c.signal })) c.abort();
+        } catch (e) {
+          assert.equal((e as { code?: string }).code, "ABORT_ERR");
+        }
+      }
+    };
+    for (let i = 0; i < 50; i++) await round(i); // warm-up: allocators and caches reach steady state
+    gc?.();
+    const before = process.memoryUsage().rss;
+    for (let i = 0; i < 500; i++) await round(i);
+    gc?.();
+    await sleep(50);
+    const growth = (process.memoryUsage().rss - before) / 2 ** 20;
+    assert.ok(growth < 20, `RSS grew ${growth.toFixed(1)} MB over 500 streams`);
+  });
+});
+
+describe("stream: UTF-8", () => {
+  // A bigram model built by hand: every layer's output projections are zero, so the hidden state is the current
+  // token's embedding, and lm_head maps each token of a chosen sequence to the next one. Greedy decoding then
+  // replays the sequence exactly, byte-level tokens of multi-byte characters included.
+  const TEXT = "故事：你好，世界！龘靐齉𠜎𡿺😀 東京";
+  let model: Model;
+  let chain: number[];
+  before(async () => {
+    const probe = await loadModel((await converted("qwen3-tied-gqa", TINY_QWEN3, "f32")).out, { contextSize: 64, threads: 1 });
+    chain = probe.tokenize(TEXT);
+    const pieces = chain.map((t) => probe.detokenize([t]));
+    await probe.dispose();
+    assert.equal(new Set(chain).size, chain.length, "the chain's tokens are distinct");
+    assert.ok(pieces.some((p) => p.includes("\uFFFD")), "some characters span several byte-level tokens");
+    const { hidden } = TINY_QWEN3_UNTIED;
+    assert.ok(chain.length < hidden);
+    const next = [...chain.slice(1), 151645]; // the last token leads to <|im_end|>
+    const { out } = await converted("bigram", TINY_QWEN3_UNTIED, "f32", {
+      seed: 9,
+      customize(name, data, shape) {
+        if (/o_proj|down_proj/.test(name)) data.fill(0);
+        if (name === "model.norm.weight") data.fill(1);
+        if (name === "model.embed_tokens.weight" || name === "lm_head.weight") {
+          chain.forEach((t, i) => {
+            const row = name === "lm_head.weight" ? next[i] : t;
+            data.fill(0, row * shape[1], (row + 1) * shape[1]);
+            data[row * shape[1] + i] = name === "lm_head.weight" ? 5 : 1;
+          });
+        }
+      },
+    });
+    model = await loadModel(out, { contextSize: 128, threads: 1 });
+  });
+  after(() => model?.dispose());
+
+  it("never yields U+FFFD or a split character", async () => {
+    const prompt = model.detokenize(chain.slice(0, 1));
+    const pieces: string[] = [];
+    for await (const piece of model.stream(prompt, { maxTokens: 100, temperature: 0 })) pieces.push(piece);
+    for (const p of pieces) assert.ok(!p.includes("\uFFFD"), `piece ${JSON.stringify(p)}`);
+    assert.equal(pieces.join(""), model.detokenize(chain.slice(1)));
+    assert.equal(prompt + pieces.join(""), TEXT);
+  });
+
+  it("a stop string spanning pieces ends the reply before it", async () => {
+    const prompt = model.detokenize(chain.slice(0, 1));
+    const r = await model.generate(prompt, { maxTokens: 100, temperature: 0, stop: ["龘靐"] });
+    assert.equal(r.finishReason, "stop");
+    assert.equal(r.text, TEXT.slice(prompt.length, TEXT.indexOf("龘靐")));
+  });
+});
+
+describe("chat", () => {
+  it("renders the GGUF's template and tags reasoning and answer", async () => {
+    const { out } = await converted("qwen3-tied-gqa", TINY_QWEN3, "f32");
+    const model = await loadModel(out, { contextSize: 256, threads: 1 });
+    try {
+      const pieces = [];
+      for await (const p of model.chat([{ role: "user", content: "Hi" }], { thinking: false, maxTokens: 8, temperature: 0, ignoreEos: true })) pieces.push(p);
+      assert.ok(pieces.length > 0 && pieces.every((p) => p.type === "answer" || p.type === "reasoning"));
+    } finally {
+      await model.dispose();
+    }
+  });
+});
+
