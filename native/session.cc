@@ -81,6 +81,7 @@ SamplingOptions ReadSamplingOptions(const Napi::Object& o) {
   s.penaltyLastN = (int32_t)NumberOption(o, "penaltyLastN", s.penaltyLastN);
   s.seed = (uint32_t)NumberOption(o, "seed", s.seed);
   s.ignoreEos = BoolOption(o, "ignoreEos", false);
+  s.cachePrompt = BoolOption(o, "cachePrompt", true);
   if (HasOption(o, "stop")) {
     Napi::Array stops = o.Get("stop").As<Napi::Array>();
     for (uint32_t i = 0; i < stops.Length(); i++) {
@@ -328,7 +329,7 @@ void AddonSession::RunGeneration(std::vector<llama_token> prompt, SamplingOption
 
   // Reuse the longest cached prefix, but always decode at least the last prompt token to get its logits.
   size_t keep = 0;
-  while (keep < cached_.size() && keep + 1 < prompt.size() && cached_[keep] == prompt[keep]) keep++;
+  while (opts.cachePrompt && keep < cached_.size() && keep + 1 < prompt.size() && cached_[keep] == prompt[keep]) keep++;
   if (keep < cached_.size() && !llama_memory_seq_rm(llama_get_memory(ctx_), 0, (llama_pos)keep, -1)) {
     llama_memory_clear(llama_get_memory(ctx_), true);
     keep = 0;

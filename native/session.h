@@ -29,6 +29,7 @@ struct SamplingOptions {
   int32_t penaltyLastN = 64;
   uint32_t seed = LLAMA_DEFAULT_SEED;
   bool ignoreEos = false;
+  bool cachePrompt = true;
   std::vector<std::string> stop;
 };
 

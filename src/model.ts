@@ -71,6 +71,8 @@ export interface SamplingOptions {
   stop?: string | string[];
   /** Keep generating through end-of-generation tokens (for benchmarks). Default: false. */
   ignoreEos?: boolean;
+  /** Reuse the tokens the context already holds when the prompt starts with them. Default: true. */
+  cachePrompt?: boolean;
   /** Stops the generation within one decode step; the stream throws an AbortError. */
   signal?: AbortSignal;
 }
@@ -281,6 +283,7 @@ export class Model {
       seed: checkInt("seed", o.seed, Math.floor(Math.random() * 0xfffffffe), 0, 0xffffffff),
       stop: checkStringList("stop", o.stop),
       ignoreEos: checkBool("ignoreEos", o.ignoreEos, false),
+      cachePrompt: checkBool("cachePrompt", o.cachePrompt, true),
       signal: checkSignal("signal", o.signal),
     };
   }

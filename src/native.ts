@@ -1,7 +1,7 @@
 /**
  * The whole native surface in one place: the addon's types and the loader that finds a binary that fits.
  */
-import { existsSync } from "node:fs";
+import { existsSync, readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
@@ -55,6 +55,7 @@ export interface NativeSamplingOptions {
   penaltyLastN: number;
   seed: number;
   ignoreEos: boolean;
+  cachePrompt: boolean;
   stop: string[];
 }
 
@@ -84,16 +85,28 @@ export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 export interface LoadedBinary { path: string; variant: string }
 
+// Interim CPU check from /proc/cpuinfo; a CPUID probe (see the packaging issue) is the reliable replacement.
+function cpuHasAvx512(): boolean {
+  try {
+    const flags = new Set((readFileSync("/proc/cpuinfo", "utf8").match(/^flags\s*:(.*)$/m)?.[1] ?? "").trim().split(/\s+/));
+    return ["avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16"].every((f) => flags.has(f));
+  } catch {
+    return false;
+  }
+}
+
 let cached: { addon: NativeAddon; binary: LoadedBinary } | undefined;
 
 /** Candidate binaries, best first: prebuilt for this platform, then a local build. */
 function candidates(): LoadedBinary[] {
-  const variants = ["avx512", "avx2"];
+  const variants = cpuHasAvx512() ? ["avx512", "avx2"] : ["avx2"];
   const out: LoadedBinary[] = [];
   const override = process.env.QWEN_GGUF_BINARY;
   if (override) return [{ path: override, variant: "override" }];
-  for (const dir of [join(packageRoot, "prebuilds", `${process.platform}-${process.arch}`), join(packageRoot, "build", "Release")]) {
-    for (const variant of variants) out.push({ path: join(dir, `qwen_gguf-${variant}.node`), variant });
+  const prebuilds = join(packageRoot, "prebuilds", `${process.platform}-${process.arch}`);
+  for (const variant of variants) {
+    out.push({ path: join(prebuilds, `qwen_gguf-${variant}.node`), variant });
+    out.push({ path: join(packageRoot, "build", variant, "Release", `qwen_gguf-${variant}.node`), variant });
   }
   return out;
 }
