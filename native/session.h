@@ -11,6 +11,7 @@
 #include <thread>
 #include <vector>
 
+#include "ggml-cpu.h"
 #include "llama.h"
 
 namespace qwen {
@@ -64,6 +65,12 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   Napi::ObjectReference modelRef_;
   Napi::Env env_;
   llama_context* ctx_ = nullptr;
+  llama_batch batch_{};
+  bool hasBatch_ = false;
+  // Persistent ggml thread pools (generation, prompt): without them ggml starts threads for every decode, and
+  // their polling hand-off is what llama-bench measures with.
+  ggml_threadpool* pool_ = nullptr;
+  ggml_threadpool* poolBatch_ = nullptr;
   std::atomic<bool> abort_{false};
   std::atomic<bool> busy_{false};   // a generation or a logits task owns the context
   std::thread thread_;
