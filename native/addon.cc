@@ -3,6 +3,9 @@
 #include <napi.h>
 
 #include <cstdio>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <cstdlib>
 #include <mutex>
 #include <thread>
@@ -46,6 +49,12 @@ Napi::Error CodedError(Napi::Env env, const std::string& code, const std::string
 
 void ThrowCoded(Napi::Env env, const std::string& code, const std::string& message) {
   throw CodedError(env, code, message);
+}
+
+void ReleaseFreedMemory() {
+#ifdef __GLIBC__
+  malloc_trim(0);
+#endif
 }
 
 void EnsureBackend() {

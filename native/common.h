@@ -36,6 +36,9 @@ inline bool BoolOption(const Napi::Object& o, const char* key, bool fallback) {
   return HasOption(o, key) ? o.Get(key).As<Napi::Boolean>().Value() : fallback;
 }
 
+// Returns freed heap memory to the OS (glibc keeps it in per-thread arenas otherwise; contexts free tens of MB).
+void ReleaseFreedMemory();
+
 // Ensures llama_backend_init() and the log hook run once per process, whatever number of Node environments load us.
 void EnsureBackend();
 

@@ -104,6 +104,7 @@ void AddonModel::Free() {
   if (!model_) return;
   llama_model_free(model_);
   model_ = nullptr;
+  ReleaseFreedMemory();
   if (externalBytes_) {
     Napi::MemoryManagement::AdjustExternalMemory(env_, -externalBytes_);
     externalBytes_ = 0;

@@ -249,6 +249,7 @@ void AddonSession::Shutdown() {
     if (pool_) ggml_threadpool_free(pool_);
     if (poolBatch_) ggml_threadpool_free(poolBatch_);
     pool_ = poolBatch_ = nullptr;
+    ReleaseFreedMemory();
     if (externalBytes_) Napi::MemoryManagement::AdjustExternalMemory(env_, -externalBytes_);
     externalBytes_ = 0;
   }
