@@ -4,16 +4,17 @@ import { execFileSync } from "node:child_process";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import cliProgress from "cli-progress";
-import { convert, OUTPUT_TYPES, type OutputType } from "./index.js";
+import { convert } from "./convert/convert.js";
+import { OUTPUT_TYPES, type OutputType } from "./convert/plan.js";
 import { QwenError } from "./errors.js";
 import { ggmlTypeName, readGguf, type GgufTypedValue } from "./gguf.js";
-import { packageRoot } from "./native.js";
+import { cpuFeatures, CPU_VARIANTS, packageRoot } from "./native.js";
 import { versions } from "./versions.js";
 
 const USAGE = `usage:
   qwen-gguf convert <hf-dir> -o <out.gguf> [--type ${OUTPUT_TYPES.join("|")}] [--tensor-type pattern=type]... [--threads N] [--force] [--dry-run]
   qwen-gguf inspect <file.gguf>
-  qwen-gguf versions
+  qwen-gguf doctor
   qwen-gguf build-native [--variant avx2|avx512]`;
 
 function formatBytes(n: number) {
@@ -80,12 +81,34 @@ async function runInspect(args: string[]) {
   for (const [type, { count, bytes }] of byType) console.log(`${type.padEnd(8)}${String(count).padStart(7)}  ${formatBytes(bytes)}`);
 }
 
+/** What loaded and why: the binary, its CPU variant, the CPU's features, llama.cpp's commit, the thread count. */
+function runDoctor() {
+  try {
+    const v = versions();
+    console.log(`binary:        ${v.binary}`);
+    console.log(`cpu variant:   ${v.cpuVariant}`);
+    console.log(`cpu features:  ${v.cpuFeatures.join(" ")}`);
+    console.log(`ggml features: ${v.ggmlFeatures}`);
+    console.log(`llama.cpp:     ${v.llamaCpp}`);
+    console.log(`threads:       ${v.defaultThreads} (default of loadModel's threads option)`);
+  } catch (err) {
+    let seen = "";
+    try {
+      seen = Object.entries(cpuFeatures()).filter(([, on]) => on).map(([f]) => f).join(" ");
+    } catch {
+      seen = "(the CPU probe did not load either)";
+    }
+    console.log(`cpu features:  ${seen}\nvariants:      ${CPU_VARIANTS.map((c) => `${c.variant} (needs ${c.needs.join(" ")})`).join("; ")}`);
+    throw err;
+  }
+}
+
 async function main() {
   const [command, ...rest] = process.argv.slice(2);
   switch (command) {
     case "convert": return runConvert(rest);
     case "inspect": return runInspect(rest);
-    case "versions": return console.log(JSON.stringify(versions(), null, 2));
+    case "doctor": return runDoctor();
     case "build-native":
       execFileSync(process.execPath, [join(packageRoot, "scripts", "build-native.mjs"), ...rest], { stdio: "inherit" });
       return;

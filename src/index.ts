@@ -1,3 +1,9 @@
+import { loadNative } from "./native.js";
+
+// The native binary is loaded at import: a CPU or platform without a fitting binary fails here, with one error that
+// names what is missing and how to fix it.
+loadNative();
+
 export { loadModel, estimateMemory, Model, SUPPORTED_ARCHITECTURES, KV_CACHE_TYPES } from "./model.js";
 export type { LoadModelOptions, SamplingOptions, StreamOptions, ChatOptions, GenerationResult, FinishReason, ModelInfo, MemoryEstimate, KvCacheType } from "./model.js";
 export type { ChatMessage, ChatPiece } from "./chat.js";
