@@ -11,8 +11,9 @@
 import { loadModel, type Model } from "../../src/index.js";
 import { versions } from "../../src/versions.js";
 import { benchModel, llamaTool, median, parseFlags, run, spread } from "./common.js";
+import { parseLlamaBench } from "./report.js";
 
-export interface StreamFigures { pp: number; tg: number }
+export interface StreamFigures { pp: number; tg: number; ttftMs?: number }
 
 /** A prompt of exactly `n` tokens (" hello" is one token in Qwen's vocabulary). */
 export function promptOf(model: Model, n: number): string {
@@ -28,7 +29,8 @@ export async function measureOurs(model: Model, promptTokens: number, genTokens:
   let tFirst = 0;
   for await (const _ of model.stream(prompt, { maxTokens: 1, temperature: 0, ignoreEos: true, cachePrompt: false })) tFirst ||= performance.now();
   tFirst ||= performance.now();
-  const pp = promptTokens / ((tFirst - t0) / 1000);
+  const ttftMs = tFirst - t0;
+  const pp = promptTokens / (ttftMs / 1000);
   // tg: gen + 1 sampled tokens, gen decodes after the 1-token prompt (llama-bench tg decodes gen tokens)
   const stream = model.stream(" hello", { maxTokens: genTokens + 1, temperature: 0, ignoreEos: true, cachePrompt: false });
   for await (const _ of stream) {
@@ -36,15 +38,14 @@ export async function measureOurs(model: Model, promptTokens: number, genTokens:
   }
   const r = await stream.result;
   const tg = genTokens / (r.timings.genMs / 1000);
-  return { pp, tg };
+  return { pp, tg, ttftMs };
 }
 
 export async function measureLlamaBench(bin: string, file: string, threads: number, promptTokens: number, genTokens: number): Promise<StreamFigures> {
   const args = ["-m", file, "-t", String(threads), "-p", String(promptTokens), "-n", String(genTokens), "-b", "512", "-ub", "512", "-r", "1", "-o", "json"];
   const { stdout, stderr, code } = await run(bin, args);
   if (code !== 0) throw new Error(`llama-bench failed (${code}): ${stderr.slice(-500)}`);
-  const rows = JSON.parse(stdout) as { n_prompt: number; n_gen: number; avg_ts: number }[];
-  return { pp: rows.find((r) => r.n_prompt > 0)!.avg_ts, tg: rows.find((r) => r.n_gen > 0)!.avg_ts };
+  return parseLlamaBench(stdout);
 }
 
 async function main() {
@@ -67,7 +68,7 @@ async function main() {
   console.log(`\n| tok/s, median (range) of ${reps} | prompt ${promptTokens} | generate ${genTokens} |\n|---|---|---|`);
   console.log(row("qwen-gguf stream()", ours));
   console.log(row("llama-bench", theirs));
-  const ratio = (k: keyof StreamFigures) => median(ours.map((x) => x[k])) / median(theirs.map((x) => x[k]));
+  const ratio = (k: "pp" | "tg") => median(ours.map((x) => x[k])) / median(theirs.map((x) => x[k]));
   console.log(`| ratio | ${ratio("pp").toFixed(3)} | ${ratio("tg").toFixed(3)} |`);
 }
 
