@@ -59,6 +59,15 @@ describe("loadModel: bad options", () => {
       await assert.rejects(loadModel(out, options), hasCode(code));
     });
   }
+  it("onProgress reports a rising fraction that ends at 1", async () => {
+    const { out } = await converted("qwen3-tied-gqa", TINY_QWEN3, "f32");
+    const seen: number[] = [];
+    const model = await loadModel(out, { contextSize: 64, threads: 1, onProgress: (p) => seen.push(p) });
+    await model.dispose();
+    assert.ok(seen.length >= 2, `${seen.length} progress calls`);
+    assert.deepEqual([...seen].sort((a, b) => a - b), seen);
+    assert.equal(seen.at(-1), 1);
+  });
   it("an aborted signal aborts loading", async () => {
     const { out } = await converted("qwen3-tied-gqa", TINY_QWEN3, "f32");
     await assert.rejects(loadModel(out, { signal: AbortSignal.abort() }), hasCode("ABORT_ERR"));
