@@ -69,13 +69,15 @@ void EnsureBackend() {
 
 namespace {
 
-// quantize(type, Float32Array rows, nRows, nPerRow, threads) -> Promise<Buffer>, with ggml's own routines so the
-// bytes equal llama-quantize's. Rows are split across threads; runs on the libuv pool (one bounded task per tensor).
+// quantize(type, rows, sourceType, nRows, nPerRow, threads) -> Promise<Buffer>, with ggml's own routines so the
+// bytes equal llama-quantize's. `rows` holds F32, F16 or BF16 values (sourceType is the ggml type); each thread
+// widens its share of rows to F32 and quantizes it, so checkpoint bytes go straight from disk to output.
+// Runs on the libuv pool: one bounded task per block of rows.
 class QuantizeWorker : public Napi::AsyncWorker {
  public:
-  QuantizeWorker(Napi::Env env, ggml_type type, Napi::Float32Array src, int64_t nRows, int64_t nPerRow, int threads)
-      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), type_(type), src_(src.Data()),
-        nRows_(nRows), nPerRow_(nPerRow), threads_(threads) {
+  QuantizeWorker(Napi::Env env, ggml_type type, Napi::TypedArray src, ggml_type srcType, int64_t nRows, int64_t nPerRow, int threads)
+      : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), type_(type), srcType_(srcType),
+        src_(static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset()), nRows_(nRows), nPerRow_(nPerRow), threads_(threads) {
     srcRef_ = Napi::Persistent(src.As<Napi::Object>());  // the source must outlive the worker
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
@@ -89,7 +91,7 @@ class QuantizeWorker : public Napi::AsyncWorker {
     for (int t = 0; t < n; t++) {
       int64_t first = t * perThread, count = std::min(perThread, nRows_ - first);
       if (count <= 0) break;
-      pool.emplace_back([=] { ggml_quantize_chunk(type_, src_, out_.data(), first * nPerRow_, count, nPerRow_, nullptr); });
+      pool.emplace_back([=] { QuantizeRows(first, count, rowSize); });
     }
     for (auto& th : pool) th.join();
   }
@@ -100,9 +102,30 @@ class QuantizeWorker : public Napi::AsyncWorker {
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
+  void QuantizeRows(int64_t first, int64_t count, size_t rowSize) {
+    uint8_t* dst = out_.data() + first * rowSize;
+    if (srcType_ == GGML_TYPE_F32) {
+      ggml_quantize_chunk(type_, reinterpret_cast<const float*>(src_) + first * nPerRow_, dst, 0, count, nPerRow_, nullptr);
+      return;
+    }
+    // widen a few rows at a time so the F32 scratch stays small (about 1 MB)
+    const int64_t step = std::max<int64_t>(1, (1 << 18) / nPerRow_);
+    std::vector<float> scratch(step * nPerRow_);
+    for (int64_t r = 0; r < count; r += step) {
+      const int64_t rows = std::min(step, count - r);
+      const size_t offset = (first + r) * nPerRow_;
+      if (srcType_ == GGML_TYPE_BF16) {
+        ggml_bf16_to_fp32_row(reinterpret_cast<const ggml_bf16_t*>(src_) + offset, scratch.data(), rows * nPerRow_);
+      } else {
+        ggml_fp16_to_fp32_row(reinterpret_cast<const ggml_fp16_t*>(src_) + offset, scratch.data(), rows * nPerRow_);
+      }
+      ggml_quantize_chunk(type_, scratch.data(), dst + r * rowSize, 0, rows, nPerRow_, nullptr);
+    }
+  }
+
   Napi::Promise::Deferred deferred_;
-  ggml_type type_;
-  const float* src_;
+  ggml_type type_, srcType_;
+  const uint8_t* src_;
   int64_t nRows_, nPerRow_;
   int threads_;
   Napi::ObjectReference srcRef_;
@@ -114,14 +137,19 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   int type = info[0].As<Napi::Number>().Int32Value();
   if (type < 0 || type >= GGML_TYPE_COUNT || ggml_blck_size((ggml_type)type) == 0) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "unknown ggml type " + std::to_string(type));
   if (ggml_quantize_requires_imatrix((ggml_type)type)) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", std::string("ggml type ") + ggml_type_name((ggml_type)type) + " needs an importance matrix");
-  auto src = info[1].As<Napi::Float32Array>();
-  int64_t nRows = info[2].As<Napi::Number>().Int64Value(), nPerRow = info[3].As<Napi::Number>().Int64Value();
-  int threads = info[4].As<Napi::Number>().Int32Value();
-  if (nRows <= 0 || nPerRow <= 0 || (int64_t)src.ElementLength() != nRows * nPerRow) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "rows × row length does not match the data");
+  auto src = info[1].As<Napi::TypedArray>();
+  int srcType = info[2].As<Napi::Number>().Int32Value();
+  int64_t nRows = info[3].As<Napi::Number>().Int64Value(), nPerRow = info[4].As<Napi::Number>().Int64Value();
+  int threads = info[5].As<Napi::Number>().Int32Value();
+  if (srcType != GGML_TYPE_F32 && srcType != GGML_TYPE_F16 && srcType != GGML_TYPE_BF16) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "the source must be F32, F16 or BF16");
+  const size_t srcBytes = srcType == GGML_TYPE_F32 ? 4 : 2;
+  if (nRows <= 0 || nPerRow <= 0 || (int64_t)src.ByteLength() != nRows * nPerRow * (int64_t)srcBytes || src.ByteOffset() % srcBytes != 0) {
+    ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "rows × row length does not match the data");
+  }
   if (nPerRow % ggml_blck_size((ggml_type)type) != 0) {
     ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "row length " + std::to_string(nPerRow) + " is not a multiple of the " + ggml_type_name((ggml_type)type) + " block size " + std::to_string(ggml_blck_size((ggml_type)type)));
   }
-  auto* worker = new QuantizeWorker(env, (ggml_type)type, src, nRows, nPerRow, threads);
+  auto* worker = new QuantizeWorker(env, (ggml_type)type, src, (ggml_type)srcType, nRows, nPerRow, threads);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -76,7 +76,8 @@ export interface NativeSession {
 export interface NativeAddon {
   AddonModel: new () => NativeModel;
   AddonSession: new (model: NativeModel) => NativeSession;
-  quantize(type: number, data: Float32Array, rows: number, rowLength: number, threads: number): Promise<Buffer>;
+  /** Quantizes rows of F32, F16 or BF16 values (`sourceType`, a ggml type) to `type` with ggml's routines. */
+  quantize(type: number, data: Float32Array | Uint16Array, sourceType: number, rows: number, rowLength: number, threads: number): Promise<Buffer>;
   typeInfo(type: number): { name: string; blockSize: number; typeSize: number };
   versions(): { llamaCppCommit: string; cpuVariant: string; systemInfo: string };
 }

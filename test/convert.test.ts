@@ -82,8 +82,11 @@ describe("convert: quantized types", () => {
     const q4km = await types("q4_k_m");
     assert.equal(q4km["token_embd.weight"], "Q6_K"); // tied: the embedding is the output
     assert.equal(q4km["blk.0.attn_q.weight"], "Q4_K");
-    assert.equal(q4km["blk.0.attn_v.weight"], "Q6_K"); // use_more_bits(0, 2)
-    assert.equal(q4km["blk.0.ffn_down.weight"], "Q6_K");
+    // use_more_bits(i, 2) in C integer arithmetic: false for layer 0, true for layer 1 (i >= 7*2/8 = 1)
+    assert.equal(q4km["blk.0.attn_v.weight"], "Q4_K");
+    assert.equal(q4km["blk.1.attn_v.weight"], "Q6_K");
+    assert.equal(q4km["blk.0.ffn_down.weight"], "Q4_K");
+    assert.equal(q4km["blk.1.ffn_down.weight"], "Q6_K");
     assert.equal(q4km["blk.0.attn_norm.weight"], "F32");
     const q40 = await types("q4_0");
     assert.equal(q40["token_embd.weight"], "Q6_K");

@@ -53,7 +53,8 @@ export interface ConvertResult {
   seconds: number;
 }
 
-const CHUNK_ELEMENTS = 8 * 1024 * 1024; // 32 MB of float32 per block: bounds memory whatever the tensor size
+const CHUNK_ELEMENTS = 8 * 1024 * 1024; // 8M values per block (16 MB of BF16): bounds memory whatever the tensor size
+const SOURCE_TYPE = { F32: GgmlType.F32, F16: GgmlType.F16, BF16: GgmlType.BF16 } as const;
 
 async function readJson(path: string, required: boolean): Promise<Record<string, unknown> | undefined> {
   let text: string;
@@ -118,29 +119,41 @@ export async function convert(dir: string, options: ConvertOptions = {}): Promis
   try {
     await fh.write(header);
     let bytesDone = header.length;
+    let writing: Promise<unknown> = Promise.resolve();
     const padding = Buffer.alloc(GGUF_DEFAULT_ALIGNMENT);
     for (let index = 0; index < tensors.length; index++) {
       const t = tensors[index];
       const rowLength = t.dims[0];
       const rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
       const rowsPerChunk = Math.max(1, Math.floor(CHUNK_ELEMENTS / rowLength));
-      const read = (first: number) => reader.readRows(t.source, rowLength, first, Math.min(rowsPerChunk, rows - first));
+      // Reading the next block, quantizing this one (native threads) and writing the previous one overlap.
+      const asF32 = t.type === GgmlType.F32;
+      const read = (first: number) => {
+        const count = Math.min(rowsPerChunk, rows - first);
+        return asF32 ? reader.readRows(t.source, rowLength, first, count) : reader.readRawRows(t.source, rowLength, first, count);
+      };
       let pending = read(0);
       for (let first = 0; first < rows; first += rowsPerChunk) {
         if (signal?.aborted) throw abortError(signal);
         const data = await pending;
         const count = Math.min(rowsPerChunk, rows - first);
-        if (first + rowsPerChunk < rows) pending = read(first + rowsPerChunk); // overlap the next read with this block's work
-        const encoded = t.type === GgmlType.F32 ? Buffer.from(data.buffer, data.byteOffset, data.byteLength) : await addon.quantize(t.type, data, count, rowLength, threads);
-        await fh.write(encoded);
+        if (first + rowsPerChunk < rows) pending = read(first + rowsPerChunk);
+        const encoded = asF32
+          ? Buffer.from(data.buffer, data.byteOffset, data.byteLength)
+          : await addon.quantize(t.type, data, SOURCE_TYPE[t.source.dtype], count, rowLength, threads);
+        await writing;
+        writing = fh.write(encoded);
+        writing.catch(() => undefined); // awaited below; an abort in between must not leave it unhandled
         bytesDone += encoded.length;
       }
+      await writing;
       const pad = (GGUF_DEFAULT_ALIGNMENT - (t.bytes % GGUF_DEFAULT_ALIGNMENT)) % GGUF_DEFAULT_ALIGNMENT;
       if (pad) await fh.write(padding, 0, pad);
       bytesDone += pad;
       onProgress?.({ tensor: t.name, index: index + 1, count: tensors.length, bytesDone, bytesTotal: result.bytes });
     }
-    await fh.sync();
+    // no fsync: the rename makes the file appear whole or not at all to any process; flushing to the device is
+    // the OS's job (llama-quantize does not fsync either), and syncing gigabytes would double the write time
     await fh.close();
     fh = undefined;
     await rename(temp, out!);

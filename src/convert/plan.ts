@@ -165,7 +165,8 @@ function fallback(type: GgmlType, rowLength: number): GgmlType {
   return rowLength % (BLOCK_SIZE[t] ?? 1) === 0 ? t : GgmlType.F16;
 }
 
-const useMoreBits = (i: number, n: number) => i < n / 8 || i >= (7 * n) / 8 || (i - Math.floor(n / 8)) % 3 === 2;
+// llama-quant.cpp's use_more_bits, in its C integer arithmetic
+const useMoreBits = (i: number, n: number) => i < Math.trunc(n / 8) || i >= Math.trunc((7 * n) / 8) || (i - Math.trunc(n / 8)) % 3 === 2;
 
 export interface PlanOptions {
   type: OutputType;

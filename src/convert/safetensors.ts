@@ -112,19 +112,25 @@ function halfToFloatTable(): Float32Array {
 export class TensorReader {
   private handles = new Map<string, FileHandle>();
 
-  async readRows(t: SourceTensor, rowLength: number, first: number, count: number): Promise<Float32Array> {
+  /** Rows as stored: Float32Array for F32, Uint16Array of raw bits for F16 and BF16. */
+  async readRawRows(t: SourceTensor, rowLength: number, first: number, count: number): Promise<Float32Array | Uint16Array> {
     let fh = this.handles.get(t.file);
     if (!fh) {
       fh = await open(t.file, "r");
       this.handles.set(t.file, fh);
     }
     const elemBytes = DTYPE_BYTES[t.dtype];
-    const n = rowLength * count;
-    const raw = new Uint8Array(n * elemBytes); // fresh ArrayBuffer: aligned for the typed views below
+    const raw = new Uint8Array(rowLength * count * elemBytes); // fresh ArrayBuffer: aligned for the typed views
     const { bytesRead } = await fh.read(raw, 0, raw.length, t.start + first * rowLength * elemBytes);
     if (bytesRead !== raw.length) throw new QwenError("ERR_SAFETENSORS_INVALID", `${t.file}: short read of tensor ${t.name}`);
-    if (t.dtype === "F32") return new Float32Array(raw.buffer);
-    const src = new Uint16Array(raw.buffer);
+    return t.dtype === "F32" ? new Float32Array(raw.buffer) : new Uint16Array(raw.buffer);
+  }
+
+  /** Rows widened to float32 (for tensors written as F32). */
+  async readRows(t: SourceTensor, rowLength: number, first: number, count: number): Promise<Float32Array> {
+    const src = await this.readRawRows(t, rowLength, first, count);
+    if (src instanceof Float32Array) return src;
+    const n = src.length;
     const out = new Float32Array(n);
     if (t.dtype === "BF16") {
       const bits = new Uint32Array(out.buffer);
