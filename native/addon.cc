@@ -7,6 +7,7 @@
 #include <malloc.h>
 #endif
 #include <cstdlib>
+#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>
@@ -83,7 +84,8 @@ class QuantizeWorker : public Napi::AsyncWorker {
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     const size_t rowSize = ggml_row_size(type_, nPerRow_);
-    out_.resize(rowSize * nRows_);
+    outBytes_ = rowSize * nRows_;
+    out_.reset(new uint8_t[outBytes_]);  // left uninitialized: every byte is written by the quantizer
     ggml_quantize_init(type_);
     const int n = (int)std::max<int64_t>(1, std::min<int64_t>(threads_, nRows_));
     const int64_t perThread = (nRows_ + n - 1) / n;
@@ -96,14 +98,14 @@ class QuantizeWorker : public Napi::AsyncWorker {
     for (auto& th : pool) th.join();
   }
   void OnOK() override {
-    auto* data = new std::vector<uint8_t>(std::move(out_));
-    deferred_.Resolve(Napi::Buffer<uint8_t>::New(Env(), data->data(), data->size(), [](Napi::Env, uint8_t*, std::vector<uint8_t>* d) { delete d; }, data));
+    uint8_t* data = out_.release();
+    deferred_.Resolve(Napi::Buffer<uint8_t>::New(Env(), data, outBytes_, [](Napi::Env, uint8_t* d) { delete[] d; }));
   }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   void QuantizeRows(int64_t first, int64_t count, size_t rowSize) {
-    uint8_t* dst = out_.data() + first * rowSize;
+    uint8_t* dst = out_.get() + first * rowSize;
     if (srcType_ == GGML_TYPE_F32) {
       ggml_quantize_chunk(type_, reinterpret_cast<const float*>(src_) + first * nPerRow_, dst, 0, count, nPerRow_, nullptr);
       return;
@@ -129,7 +131,8 @@ class QuantizeWorker : public Napi::AsyncWorker {
   int64_t nRows_, nPerRow_;
   int threads_;
   Napi::ObjectReference srcRef_;
-  std::vector<uint8_t> out_;
+  std::unique_ptr<uint8_t[]> out_;
+  size_t outBytes_ = 0;
 };
 
 Napi::Value Quantize(const Napi::CallbackInfo& info) {

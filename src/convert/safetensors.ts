@@ -120,10 +120,11 @@ export class TensorReader {
       this.handles.set(t.file, fh);
     }
     const elemBytes = DTYPE_BYTES[t.dtype];
-    const raw = new Uint8Array(rowLength * count * elemBytes); // fresh ArrayBuffer: aligned for the typed views
+    // its own ArrayBuffer (aligned for the typed views), not zero-filled: the read overwrites every byte
+    const raw = Buffer.allocUnsafeSlow(rowLength * count * elemBytes);
     const { bytesRead } = await fh.read(raw, 0, raw.length, t.start + first * rowLength * elemBytes);
     if (bytesRead !== raw.length) throw new QwenError("ERR_SAFETENSORS_INVALID", `${t.file}: short read of tensor ${t.name}`);
-    return t.dtype === "F32" ? new Float32Array(raw.buffer) : new Uint16Array(raw.buffer);
+    return t.dtype === "F32" ? new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) : new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2);
   }
 
   /** Rows widened to float32 (for tensors written as F32). */
