@@ -185,7 +185,7 @@ export class Model {
   private readonly queue = new TaskQueue();
   private readonly defaults: Partial<NativeSamplingOptions>;
   private disposed = false;
-  private active: { stop: () => void } | undefined;
+  private active: GenerationStream | undefined;
 
   /** @internal use loadModel() */
   constructor(path: string, file: GgufFile, nativeModel: NativeModel, session: NativeSession, contextSize: number) {
@@ -370,7 +370,7 @@ export class Model {
             return resolve();
           }
           const { signal, ...nativeOptions } = sampling;
-          this.active = { stop: () => this.session.abort() };
+          this.active = stream;
           try {
             this.session.generate(prompt, nativeOptions, (kind, payload) => {
               if (kind === "piece") return stream.push(payload as string);
@@ -388,9 +388,9 @@ export class Model {
     );
   }
 
-  /** Stops the running generation, if any (used by streams on break/abort and by dispose). */
-  abortActive() {
-    this.active?.stop();
+  /** Stops the running generation if it is `stream`'s (or any, when no stream is given: dispose). */
+  abortActive(stream?: GenerationStream) {
+    if (this.active && (!stream || this.active === stream)) this.session.abort();
   }
 
   /**
@@ -503,7 +503,7 @@ class GenerationStream implements AsyncIterator<string> {
     this.cancelled = true;
     this.error = err;
     this.pieces = [];
-    this.model.abortActive();
+    this.model.abortActive(this); // a queued stream just never starts
   }
 
   next(): Promise<IteratorResult<string>> {

@@ -84,6 +84,16 @@ describe("stream", () => {
     assert.deepEqual(b.tokens, alone[1].tokens);
   });
 
+  it("aborting a queued stream leaves the running one alone", async () => {
+    const opts = { maxTokens: 24, temperature: 0, ignoreEos: true };
+    const c = new AbortController();
+    const first = model.generate("One", opts);
+    const second = model.generate("Two", { ...opts, signal: c.signal });
+    c.abort();
+    assert.equal((await first).tokens.length, 24);
+    await assert.rejects(second, (e: { code?: string }) => e.code === "ABORT_ERR");
+  });
+
   it("a follow-up prompt reuses the cached prefix", async () => {
     const first = await model.generate("The cat sat on the mat.", { maxTokens: 4, temperature: 0 });
     const second = await model.generate("The cat sat on the mat." + first.text + " Then", { maxTokens: 4, temperature: 0 });

@@ -35,8 +35,9 @@ export async function benchModel(shapeName: string, type: OutputType): Promise<s
   return out;
 }
 
-/** CMake flags of a CPU variant: the same as CMakeLists.txt gives the addon. */
+/** CMake flags of a CPU variant: the same as CMakeLists.txt gives the addon ("native": GGML_NATIVE=ON, llama.cpp's default). */
 export function variantFlags(variant: string): string[] {
+  if (variant === "native") return ["-DGGML_NATIVE=ON"];
   const avx512 = variant === "avx512" ? "ON" : "OFF";
   return [
     "-DGGML_NATIVE=OFF", "-DGGML_OPENMP=OFF", "-DGGML_AVX=ON", "-DGGML_AVX2=ON", "-DGGML_FMA=ON", "-DGGML_F16C=ON", "-DGGML_BMI2=ON",

@@ -3,6 +3,7 @@
  *
  *   npm run bench:stream -- model.gguf [--threads 2] [--prompt 512] [--gen 128] [--reps 3]
  *   npm run bench:stream -- --shape qwen3-0.6b --type q4_k_m      (a cached random-weight model of that shape)
+ *   npm run bench:stream -- model.gguf --native    (against llama-bench built with GGML_NATIVE=ON: the packaging goal)
  *
  * Our prompt speed is wall-clock from the stream() call to the first piece (prompt decode + one sampled token);
  * generation speed is measured like llama-bench's tg: from a 1-token prompt, `gen` tokens, timed on the
@@ -53,7 +54,8 @@ async function main() {
   const threads = Number(flags.threads ?? 2), promptTokens = Number(flags.prompt ?? 512), genTokens = Number(flags.gen ?? 128), reps = Number(flags.reps ?? 3);
   const file = positionals[0] ?? (await benchModel(flags.shape ?? "qwen3-0.6b", (flags.type ?? "q4_k_m") as never));
   const variant = versions().cpuVariant;
-  const bench = llamaTool("llama-bench", variant);
+  // --llama-bench: another build to compare with, e.g. a GGML_NATIVE=ON build (see --native)
+  const bench = flags["llama-bench"] ?? llamaTool("llama-bench", flags.native ? "native" : variant);
   const model = await loadModel(file, { threads, contextSize: 1024, batchSize: 512 });
   console.log(`${file}\n${model.info.quantization}, ${(model.info.fileSize / 1e6).toFixed(0)} MB, threads ${threads}, CPU variant ${variant}, llama.cpp ${versions().llamaCpp.slice(0, 7)}`);
   await measureOurs(model, 32, 8); // warm-up: page in the weights
