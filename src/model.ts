@@ -38,7 +38,11 @@ export interface LoadModelOptions {
   /** Storage type of the KV cache: "f16" (default), "q8_0" (about half the memory), "q4_0" (about a quarter), or
    * "f32" (twice the memory; exact, for numerical comparisons). */
   kvCacheType?: KvCacheType;
-  /** Map the file instead of reading it into memory. Default: true. */
+  /**
+   * Map the file instead of reading it. Default: false. On CPUs where ggml repacks weights for its fast kernels
+   * (Q4_0, Q4_K, … with AVX2/AVX-512) a mapped file stays resident beside the repacked copy, nearly doubling RSS;
+   * reading keeps one copy. Map when several processes share one file and no repacking applies.
+   */
   mmap?: boolean;
   /** Called with the loaded fraction, 0 to 1. */
   onProgress?: (fraction: number) => void;
@@ -536,7 +540,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const threadsBatch = checkInt("threadsBatch", o.threadsBatch, threads, 1, 1024);
   const batchSize = checkInt("batchSize", o.batchSize, 512, 1, 1 << 16);
   const kvCacheType = checkOneOf("kvCacheType", o.kvCacheType, KV_CACHE_TYPES, "f16");
-  const mmap = checkBool("mmap", o.mmap, true);
+  const mmap = checkBool("mmap", o.mmap, false);
   const requestedContext = checkInt("contextSize", o.contextSize, 0, 0, 1 << 24);
   if (o.contextSize !== undefined && requestedContext < 16) throw new QwenError("ERR_OUT_OF_RANGE", `contextSize must be at least 16, got ${requestedContext}`);
   if (signal?.aborted) throw abortError(signal);
