@@ -149,6 +149,7 @@ async function main() {
     speed, memory, quality: qualityRows,
   };
   await writeReport(report, flags["no-readme"] !== "true");
+  console.log(renderMarkdown(report, `${report.date}.svg`));
 }
 
 /** Writes bench/results/<date>.{json,md,svg} and replaces the README's benchmark section. */
@@ -160,7 +161,6 @@ export async function writeReport(report: BenchReport, updateReadme: boolean, ro
   await writeFile(`${base}.json`, JSON.stringify(report, null, 2) + "\n");
   await writeFile(`${base}.svg`, renderSvg(report));
   await writeFile(`${base}.md`, md);
-  console.log(md);
   if (!updateReadme) return;
   const readmePath = join(root, "README.md");
   const readme = await readFile(readmePath, "utf8");
