@@ -188,6 +188,8 @@ export class Model {
   private readonly session: NativeSession;
   private readonly queue = new TaskQueue();
   private readonly defaults: Partial<NativeSamplingOptions>;
+  /** Text of the end-of-sequence token, for chat templates' `eos_token`. */
+  private readonly eosText: string;
   private disposed = false;
   private active: GenerationStream | undefined;
 
@@ -199,6 +201,7 @@ export class Model {
     this.session = session;
     this.contextSize = contextSize;
     const ni = nativeModel.info();
+    this.eosText = ni.eos >= 0 ? nativeModel.tokenPiece(ni.eos, true).toString("utf8") : "";
     const arch = metaString(file, "general.architecture")!;
     this.info = {
       architecture: arch,
@@ -323,16 +326,13 @@ export class Model {
     const thinking = checkBool("thinking", o.thinking, true);
     const template = this.info.chatTemplate;
     if (!template) throw new QwenError("ERR_CHAT_TEMPLATE", `${this.path} has no tokenizer.chat_template`);
-    const prompt = renderChat(template, messages, { thinking, bosToken: "", eosToken: this.tokenText(this.nativeModel.info().eos) });
+    const prompt = renderChat(template, messages, { thinking, bosToken: "", eosToken: this.eosText });
     const sampling = this.resolveSampling(options);
     const inner = this.startGeneration(() => this.nativeModel.tokenize(prompt, true), sampling);
     const startsInReasoning = /<think>\s*$/.test(prompt);
     return { [Symbol.asyncIterator]: () => splitReasoning(inner[Symbol.asyncIterator](), startsInReasoning), result: inner.result };
   }
 
-  private tokenText(token: number): string {
-    return token >= 0 ? this.nativeModel.tokenPiece(token, true).toString("utf8") : "";
-  }
 
   private startGeneration(tokenizePrompt: () => Int32Array, sampling: ResolvedSampling) {
     const model = this;

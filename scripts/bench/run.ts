@@ -20,6 +20,7 @@ import { packageRoot } from "../../src/native.js";
 import { versions } from "../../src/versions.js";
 import { benchModel, cacheDir, llamaTool, parseFlags } from "./common.js";
 import { measured } from "./convert.js";
+import { llamaBenchArgs } from "./stream.js";
 import { KlAccumulator, parseLlamaBench, renderMarkdown, renderSvg, type BenchReport, type Contender, type SpeedResult, type SpeedSample } from "./report.js";
 
 const NODE_LLAMA_CPP = "3.22.1";
@@ -96,7 +97,7 @@ async function main() {
       const r = await measured([process.execPath, join(drivers, "node-llama-cpp.mjs"), nlc, file, String(threads), String(promptTokens), String(genTokens), String(contextSize)]);
       return { ...JSON.parse(r.stdout.trim().split("\n").pop()!), peakRss: r.peakRss };
     }
-    const r = await measured([bench, "-m", file, "-t", String(threads), "-p", String(promptTokens), "-n", String(genTokens), "-b", "512", "-ub", "512", "-r", "1", "-o", "json"]);
+    const r = await measured([bench, ...llamaBenchArgs(file, threads, promptTokens, genTokens)]);
     const { pp, tg } = parseLlamaBench(r.stdout);
     return { pp, tg, ttftMs: (promptTokens / pp) * 1000, peakRss: r.peakRss };
   };

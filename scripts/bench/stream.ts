@@ -42,8 +42,13 @@ export async function measureOurs(model: Model, promptTokens: number, genTokens:
   return { pp, tg, ttftMs };
 }
 
+/** llama-bench's arguments for one run of the comparison (batch sizes as our loadModel's defaults). */
+export function llamaBenchArgs(file: string, threads: number, promptTokens: number, genTokens: number): string[] {
+  return ["-m", file, "-t", String(threads), "-p", String(promptTokens), "-n", String(genTokens), "-b", "512", "-ub", "512", "-r", "1", "-o", "json"];
+}
+
 export async function measureLlamaBench(bin: string, file: string, threads: number, promptTokens: number, genTokens: number): Promise<StreamFigures> {
-  const args = ["-m", file, "-t", String(threads), "-p", String(promptTokens), "-n", String(genTokens), "-b", "512", "-ub", "512", "-r", "1", "-o", "json"];
+  const args = llamaBenchArgs(file, threads, promptTokens, genTokens);
   const { stdout, stderr, code } = await run(bin, args);
   if (code !== 0) throw new Error(`llama-bench failed (${code}): ${stderr.slice(-500)}`);
   return parseLlamaBench(stdout);
