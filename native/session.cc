@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cstring>
+#include <cstdlib>
 #include <memory>
+#include <unordered_set>
 
 #include "common.h"
 #include "model.h"
@@ -112,6 +114,13 @@ llama_token ArgMax(const float* row, int32_t n) {
     if (row[i] == best) return i;
   }
   return 0;
+}
+
+// Every live session in the process (all environments), for StopAllAtExit.
+std::mutex liveMutex;
+std::unordered_set<AddonSession*>& LiveSessions() {
+  static auto* live = new std::unordered_set<AddonSession*>();  // never destroyed: used during exit
+  return *live;
 }
 
 bool AbortRequested(void* flag) { return static_cast<std::atomic<bool>*>(flag)->load(std::memory_order_relaxed); }
@@ -237,6 +246,10 @@ AddonSession::AddonSession(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Ad
   modelRef_ = Napi::Persistent(info[0].As<Napi::Object>());
   model_->sessions++;
   Registry::Of(env).sessions.insert(this);
+  static std::once_flag atExit;
+  std::call_once(atExit, [] { std::atexit(AddonSession::StopAllAtExit); });
+  std::lock_guard<std::mutex> lock(liveMutex);
+  LiveSessions().insert(this);
 }
 
 AddonSession::~AddonSession() {
@@ -245,11 +258,23 @@ AddonSession::~AddonSession() {
   Shutdown();
 }
 
+void AddonSession::StopAllAtExit() {
+  std::lock_guard<std::mutex> lock(liveMutex);
+  for (AddonSession* s : LiveSessions()) {
+    s->abort_ = true;
+    s->JoinGeneration();
+  }
+}
+
 void AddonSession::JoinGeneration() {
   if (thread_.joinable()) thread_.join();
 }
 
 void AddonSession::Shutdown() {
+  {
+    std::lock_guard<std::mutex> lock(liveMutex);
+    LiveSessions().erase(this);
+  }
   abort_ = true;
   JoinGeneration();
   if (ctx_) {

@@ -42,6 +42,10 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
 
   // Stops a running generation (within one decode step), waits for its thread and frees the context.
   void Shutdown();
+  // Stops and joins every running generation thread in the process. Registered with std::atexit: process.exit()
+  // does not always run env cleanup hooks, and a generation thread still decoding while exit() runs static
+  // destructors crashes the process.
+  static void StopAllAtExit();
 
  private:
   friend class ContextWorker;
