@@ -15,6 +15,10 @@ namespace qwen {
 
 namespace {
 
+// Logits rows one llama_decode may produce (see InitContext): 32 rows cost 19 MB of compute buffer for
+// Qwen's vocabulary, and 32-token chunks keep logits() compute-bound on a CPU.
+constexpr int32_t kMaxOutputsPerDecode = 32;
+
 // What the generation thread hands to JS. Pieces are complete UTF-8 text; the last event is "done" or "error".
 struct GenerationEvent {
   enum Kind { Piece, Done, Error } kind;
@@ -192,7 +196,7 @@ class LogitsWorker : public Napi::AsyncWorker {
   void Execute() override {
     nVocab_ = llama_vocab_n_tokens(owner_->model_->vocab());
     logits_.resize(tokens_.size() * (size_t)nVocab_);
-    llama_memory_clear(llama_get_memory(owner_->ctx_), true);
+    llama_memory_clear(llama_get_memory(owner_->ctx_), false);  // cells only: positions are rewritten
     owner_->cached_.clear();
     ClearLastLogError();
     int32_t rc = owner_->DecodeRange(tokens_, 0, tokens_.size(), true, logits_.data());
@@ -313,6 +317,9 @@ Napi::Value AddonSession::InitContext(const Napi::CallbackInfo& info) {
   p.n_batch = (uint32_t)NumberOption(o, "batchSize", 512);
   p.n_ubatch = std::min(p.n_batch, (uint32_t)NumberOption(o, "ubatchSize", 512));
   p.n_seq_max = 1;
+  // llama.cpp sizes the compute buffer for n_outputs_max logits rows per ubatch (default: all n_batch rows,
+  // 512 × 151,936 floats = 297 MiB). Generation needs one row; logits() decodes in chunks of this many.
+  p.n_outputs_max = kMaxOutputsPerDecode;
   p.n_threads = (int32_t)NumberOption(o, "threads", 4);
   p.n_threads_batch = (int32_t)NumberOption(o, "threadsBatch", p.n_threads);
   p.type_k = p.type_v = (ggml_type)(int)NumberOption(o, "kvType", GGML_TYPE_F16);
@@ -326,7 +333,8 @@ Napi::Value AddonSession::InitContext(const Napi::CallbackInfo& info) {
 }
 
 int32_t AddonSession::DecodeRange(const std::vector<llama_token>& tokens, size_t from, size_t to, bool allLogits, float* logitsOut) {
-  const int32_t nBatch = (int32_t)llama_n_batch(ctx_);
+  // A batch with more output rows than n_outputs_max fails an assertion in llama.cpp (abort): stay below it.
+  const int32_t nBatch = allLogits ? std::min<int32_t>(kMaxOutputsPerDecode, (int32_t)llama_n_batch(ctx_)) : (int32_t)llama_n_batch(ctx_);
   const int32_t nVocab = llama_vocab_n_tokens(model_->vocab());
   llama_batch& batch = batch_;
   int32_t rc = 0;

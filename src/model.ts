@@ -122,9 +122,9 @@ export interface ModelInfo {
 export interface MemoryEstimate {
   /** Bytes of weights (the mapped file's tensor data). */
   weights: number;
-  /** Bytes of the KV cache for the context size and cache type. */
+  /** Bytes of the KV cache for the context size and cache type (reserved at load; its pages become resident as the context fills). */
   kvCache: number;
-  /** Rough bytes of compute buffers (logits row and activations of one batch). */
+  /** Rough bytes of compute buffers (logits rows and activations of one batch). */
   compute: number;
   total: number;
 }
@@ -158,7 +158,11 @@ export async function estimateMemory(path: string, options: { contextSize?: numb
   const bytesPerElement = { f32: 4, f16: 2, q8_0: 34 / 32, q4_0: 18 / 32 }[kvType];
   const kvCache = Math.ceil(n("block_count") * contextSize * kvHeads * (keyLen + valueLen) * bytesPerElement);
   const vocab = (file.metadata.get("tokenizer.ggml.tokens")?.value as unknown[] | undefined)?.length ?? 0;
-  const compute = vocab * 4 + batch * (embd * 4 * 8 + n("feed_forward_length") * 4 * 3) + batch * contextSize * heads * 4;
+  // llama.cpp's compute buffer (flash attention): logits rows (the addon allows 32 per decode), the f16
+  // attention mask of one ubatch, and activations, the feed-forward's three intermediate rows dominating
+  const ubatch = Math.min(batch, 512);
+  const attentionScores = kvType === "f32" ? ubatch * contextSize * heads * 4 : 0;  // f32 runs without flash attention
+  const compute = vocab * 4 * Math.min(32, ubatch) + contextSize * ubatch * 2 + ubatch * (embd + 3 * n("feed_forward_length")) * 4 + attentionScores;
   const weights = file.fileSize - file.dataOffset;
   return { weights, kvCache, compute, total: weights + kvCache + compute };
 }

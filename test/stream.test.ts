@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
-import { loadModel, type Model } from "../src/index.js";
+import { estimateMemory, loadModel, type Model } from "../src/index.js";
 import { converted, TINY_QWEN3, TINY_QWEN3_UNTIED } from "./support/models.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -155,6 +155,29 @@ describe("stream", () => {
     for (let i = 100; i < 580; i++) await round(i);
     const growth = ((await floor(580, 20)) - before) / 2 ** 20;
     assert.ok(growth < 20, `RSS grew ${growth.toFixed(1)} MB over 500 streams`);
+  });
+});
+
+describe("memory", () => {
+  it("the KV cache becomes resident only as the context fills, and reads as zeros", async () => {
+    const { out } = await converted("qwen3-tied-gqa", TINY_QWEN3, "f32");
+    const contextSize = 1 << 18; // 2 layers × 2 KV heads × 32 dims × (K + V) × f16 = 512 bytes a token: 128 MiB
+    const { kvCache } = await estimateMemory(out, { contextSize });
+    const rss = () => (gc?.(), process.memoryUsage().rss);
+    const warm = await loadModel(out, { contextSize: 256, threads: 1 }); // the first load's one-time costs
+    const r0 = rss();
+    const small = await loadModel(out, { contextSize: 256, threads: 1 });
+    const r1 = rss();
+    const big = await loadModel(out, { contextSize, threads: 1 });
+    const r2 = rss();
+    try {
+      const extra = r2 - r1 - (r1 - r0); // what the large context added over a small one
+      assert.ok(extra < kvCache / 4, `a ${(kvCache / 2 ** 20).toFixed(0)} MiB KV cache added ${(extra / 2 ** 20).toFixed(1)} MiB of RSS`);
+      const options = { maxTokens: 24, temperature: 0, ignoreEos: true };
+      assert.deepEqual((await big.generate("Hello there", options)).tokens, (await small.generate("Hello there", options)).tokens);
+    } finally {
+      await Promise.all([warm.dispose(), big.dispose(), small.dispose()]);
+    }
   });
 });
 
