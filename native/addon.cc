@@ -70,22 +70,22 @@ void EnsureBackend() {
 
 namespace {
 
-// quantize(type, rows, sourceType, nRows, nPerRow, threads) -> Promise<Buffer>, with ggml's own routines so the
-// bytes equal llama-quantize's. `rows` holds F32, F16 or BF16 values (sourceType is the ggml type); each thread
-// widens its share of rows to F32 and quantizes it, so checkpoint bytes go straight from disk to output.
-// Runs on the libuv pool: one bounded task per block of rows.
+// Converts rows of F32/F16/BF16 values (the checkpoint's bytes) to a ggml type with ggml's own routines, so the
+// bytes equal llama-quantize's; each native thread widens its share of rows to F32 and quantizes it. One bounded
+// task per block of rows on the libuv pool. It writes into the caller's buffer: the converter reuses two, so no
+// block allocates (a fresh buffer per block kept V8's GC and the kernel's page zeroing busy).
 class QuantizeWorker : public Napi::AsyncWorker {
  public:
-  QuantizeWorker(Napi::Env env, ggml_type type, Napi::TypedArray src, ggml_type srcType, int64_t nRows, int64_t nPerRow, int threads)
+  QuantizeWorker(Napi::Env env, ggml_type type, Napi::TypedArray src, ggml_type srcType, int64_t nRows, int64_t nPerRow, int threads, Napi::TypedArray out)
       : Napi::AsyncWorker(env), deferred_(Napi::Promise::Deferred::New(env)), type_(type), srcType_(srcType),
-        src_(static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset()), nRows_(nRows), nPerRow_(nPerRow), threads_(threads) {
-    srcRef_ = Napi::Persistent(src.As<Napi::Object>());  // the source must outlive the worker
+        src_(static_cast<const uint8_t*>(src.ArrayBuffer().Data()) + src.ByteOffset()),
+        out_(static_cast<uint8_t*>(out.ArrayBuffer().Data()) + out.ByteOffset()), nRows_(nRows), nPerRow_(nPerRow), threads_(threads) {
+    srcRef_ = Napi::Persistent(src.As<Napi::Object>());  // both buffers must outlive the worker
+    outRef_ = Napi::Persistent(out.As<Napi::Object>());
   }
   Napi::Promise Promise() { return deferred_.Promise(); }
   void Execute() override {
     const size_t rowSize = ggml_row_size(type_, nPerRow_);
-    outBytes_ = rowSize * nRows_;
-    out_.reset(new uint8_t[outBytes_]);  // left uninitialized: every byte is written by the quantizer
     ggml_quantize_init(type_);
     const int n = (int)std::max<int64_t>(1, std::min<int64_t>(threads_, nRows_));
     const int64_t perThread = (nRows_ + n - 1) / n;
@@ -97,15 +97,12 @@ class QuantizeWorker : public Napi::AsyncWorker {
     }
     for (auto& th : pool) th.join();
   }
-  void OnOK() override {
-    uint8_t* data = out_.release();
-    deferred_.Resolve(Napi::Buffer<uint8_t>::New(Env(), data, outBytes_, [](Napi::Env, uint8_t* d) { delete[] d; }));
-  }
+  void OnOK() override { deferred_.Resolve(Napi::Number::New(Env(), (double)(ggml_row_size(type_, nPerRow_) * nRows_))); }
   void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
 
  private:
   void QuantizeRows(int64_t first, int64_t count, size_t rowSize) {
-    uint8_t* dst = out_.get() + first * rowSize;
+    uint8_t* dst = out_ + first * rowSize;
     if (srcType_ == GGML_TYPE_F32) {
       ggml_quantize_chunk(type_, reinterpret_cast<const float*>(src_) + first * nPerRow_, dst, 0, count, nPerRow_, nullptr);
       return;
@@ -128,13 +125,13 @@ class QuantizeWorker : public Napi::AsyncWorker {
   Napi::Promise::Deferred deferred_;
   ggml_type type_, srcType_;
   const uint8_t* src_;
+  uint8_t* out_;
   int64_t nRows_, nPerRow_;
   int threads_;
-  Napi::ObjectReference srcRef_;
-  std::unique_ptr<uint8_t[]> out_;
-  size_t outBytes_ = 0;
+  Napi::ObjectReference srcRef_, outRef_;
 };
 
+// quantize(type, src, srcType, rows, rowLength, threads, out) → Promise<bytes written to out>
 Napi::Value Quantize(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   int type = info[0].As<Napi::Number>().Int32Value();
@@ -144,6 +141,8 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   int srcType = info[2].As<Napi::Number>().Int32Value();
   int64_t nRows = info[3].As<Napi::Number>().Int64Value(), nPerRow = info[4].As<Napi::Number>().Int64Value();
   int threads = info[5].As<Napi::Number>().Int32Value();
+  if (!info[6].IsTypedArray()) ThrowCoded(env, "ERR_INVALID_ARG_TYPE", "the output must be a Uint8Array");
+  auto out = info[6].As<Napi::TypedArray>();
   if (srcType != GGML_TYPE_F32 && srcType != GGML_TYPE_F16 && srcType != GGML_TYPE_BF16) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "the source must be F32, F16 or BF16");
   const size_t srcBytes = srcType == GGML_TYPE_F32 ? 4 : 2;
   if (nRows <= 0 || nPerRow <= 0 || (int64_t)src.ByteLength() != nRows * nPerRow * (int64_t)srcBytes || src.ByteOffset() % srcBytes != 0) {
@@ -152,7 +151,8 @@ Napi::Value Quantize(const Napi::CallbackInfo& info) {
   if (nPerRow % ggml_blck_size((ggml_type)type) != 0) {
     ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "row length " + std::to_string(nPerRow) + " is not a multiple of the " + ggml_type_name((ggml_type)type) + " block size " + std::to_string(ggml_blck_size((ggml_type)type)));
   }
-  auto* worker = new QuantizeWorker(env, (ggml_type)type, src, (ggml_type)srcType, nRows, nPerRow, threads);
+  if (out.ByteLength() < ggml_row_size((ggml_type)type, nPerRow) * nRows) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "the output buffer is too small");
+  auto* worker = new QuantizeWorker(env, (ggml_type)type, src, (ggml_type)srcType, nRows, nPerRow, threads, out);
   Napi::Promise promise = worker->Promise();
   worker->Queue();
   return promise;

@@ -77,7 +77,8 @@ export interface NativeAddon {
   AddonModel: new () => NativeModel;
   AddonSession: new (model: NativeModel) => NativeSession;
   /** Quantizes rows of F32, F16 or BF16 values (`sourceType`, a ggml type) to `type` with ggml's routines. */
-  quantize(type: number, data: Float32Array | Uint16Array, sourceType: number, rows: number, rowLength: number, threads: number): Promise<Buffer>;
+  /** Quantizes `rows` rows of F32/F16/BF16 values (`data`'s bytes, `sourceType` a ggml type) into `out`; resolves with the bytes written. */
+  quantize(type: number, data: Uint8Array, sourceType: number, rows: number, rowLength: number, threads: number, out: Uint8Array): Promise<number>;
   typeInfo(type: number): { name: string; blockSize: number; typeSize: number };
   versions(): { llamaCppCommit: string; cpuVariant: string; systemInfo: string };
 }

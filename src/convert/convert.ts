@@ -85,22 +85,7 @@ export async function convert(dir: string, options: ConvertOptions = {}): Promis
   const out = o.out === undefined ? undefined : resolve(checkString("out", o.out));
   if (!dryRun && !out) throw new QwenError("ERR_INVALID_ARG_VALUE", "options.out (the output path) is required");
 
-  const configRaw = (await readJson(join(dir, "config.json"), true))!;
-  const config = parseConfig(configRaw);
-  const files: TokenizerFiles = {
-    tokenizer: (await readJson(join(dir, "tokenizer.json"), true)) as TokenizerFiles["tokenizer"],
-    tokenizerConfig: (await readJson(join(dir, "tokenizer_config.json"), true))!,
-    generationConfig: await readJson(join(dir, "generation_config.json"), false),
-  };
-  const sources = await readCheckpointTensors(dir);
-  const plan = planTensors(config, sources, { type, overrides });
-  const parameters = plan.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
-  const quantized = plan.some((t) => ![GgmlType.F32, GgmlType.F16, GgmlType.BF16].includes(t.type));
-  const metadata = buildMetadata(config, files, {
-    name: checkString("name", o.name ?? basename(resolve(dir))), fileType: fileTypeOf(type), quantized, parameters,
-  });
-  const tensors = plan.map((t) => ({ ...t, bytes: tensorBytes(t.type, t.dims) }));
-  const { header, dataBytes } = encodeGgufHeader(metadata, tensors);
+  const { config, tensors, header, dataBytes } = await planConversion(dir, type, overrides, o.name);
   const summary = tensors.map((t) => ({ name: t.name, type: ggmlTypeName(t.type), dims: t.dims, bytes: t.bytes }));
   const result: ConvertResult = { out, type, architecture: config.arch, tensors: summary, bytes: header.length + dataBytes, seconds: 0 };
   if (dryRun) return { ...result, out: undefined, seconds: (performance.now() - started) / 1000 };
@@ -109,6 +94,14 @@ export async function convert(dir: string, options: ConvertOptions = {}): Promis
   const temp = join(dirname(out!), `.${basename(out!)}.${process.pid}.${Date.now()}.tmp`);
   const addon = native();
   const reader = new TensorReader();
+  // Blocks of at most CHUNK_ELEMENTS values; two buffers each way, reused: one block is read while the other is
+  // quantized, and one is quantized while the other is written (each step awaits the one that used the buffer last).
+  const blockRows = (t: (typeof tensors)[number]) => Math.max(1, Math.floor(CHUNK_ELEMENTS / t.dims[0]));
+  const rowsOf = (t: (typeof tensors)[number]) => t.dims.slice(1).reduce((a, b) => a * b, 1);
+  const inBytes = Math.max(...tensors.map((t) => TensorReader.bytes(t.source, t.dims[0], Math.min(blockRows(t), rowsOf(t)))));
+  const outBytes = Math.max(...tensors.map((t) => tensorBytes(t.type, [t.dims[0], Math.min(blockRows(t), rowsOf(t))])));
+  const inBuffers = [Buffer.allocUnsafeSlow(inBytes), Buffer.allocUnsafeSlow(inBytes)];
+  const outBuffers = [Buffer.allocUnsafeSlow(outBytes), Buffer.allocUnsafeSlow(outBytes)];
   let fh;
   try {
     fh = await open(temp, "wx");
@@ -120,31 +113,26 @@ export async function convert(dir: string, options: ConvertOptions = {}): Promis
     await fh.write(header);
     let bytesDone = header.length;
     let writing: Promise<unknown> = Promise.resolve();
+    let block = 0;
     const padding = Buffer.alloc(GGUF_DEFAULT_ALIGNMENT);
     for (let index = 0; index < tensors.length; index++) {
       const t = tensors[index];
       const rowLength = t.dims[0];
-      const rows = t.dims.slice(1).reduce((a, b) => a * b, 1);
-      const rowsPerChunk = Math.max(1, Math.floor(CHUNK_ELEMENTS / rowLength));
-      // Reading the next block, quantizing this one (native threads) and writing the previous one overlap.
-      const asF32 = t.type === GgmlType.F32;
-      const read = (first: number) => {
-        const count = Math.min(rowsPerChunk, rows - first);
-        return asF32 ? reader.readRows(t.source, rowLength, first, count) : reader.readRawRows(t.source, rowLength, first, count);
-      };
-      let pending = read(0);
-      for (let first = 0; first < rows; first += rowsPerChunk) {
+      const rows = rowsOf(t);
+      const rowsPerBlock = blockRows(t);
+      const read = (first: number, into: Buffer) => reader.readRows(t.source, rowLength, first, Math.min(rowsPerBlock, rows - first), into);
+      let pending = read(0, inBuffers[block % 2]);
+      for (let first = 0; first < rows; first += rowsPerBlock, block++) {
         if (signal?.aborted) throw abortError(signal);
         const data = await pending;
-        const count = Math.min(rowsPerChunk, rows - first);
-        if (first + rowsPerChunk < rows) pending = read(first + rowsPerChunk);
-        const encoded = asF32
-          ? Buffer.from(data.buffer, data.byteOffset, data.byteLength)
-          : await addon.quantize(t.type, data, SOURCE_TYPE[t.source.dtype], count, rowLength, threads);
+        const count = Math.min(rowsPerBlock, rows - first);
+        if (first + rowsPerBlock < rows) pending = read(first + rowsPerBlock, inBuffers[(block + 1) % 2]);
+        const out = outBuffers[block % 2];
+        const bytes = await addon.quantize(t.type, data, SOURCE_TYPE[t.source.dtype], count, rowLength, threads, out);
         await writing;
-        writing = fh.write(encoded);
+        writing = fh.write(out, 0, bytes);
         writing.catch(() => undefined); // awaited below; an abort in between must not leave it unhandled
-        bytesDone += encoded.length;
+        bytesDone += bytes;
       }
       await writing;
       const pad = (GGUF_DEFAULT_ALIGNMENT - (t.bytes % GGUF_DEFAULT_ALIGNMENT)) % GGUF_DEFAULT_ALIGNMENT;
@@ -168,4 +156,28 @@ export async function convert(dir: string, options: ConvertOptions = {}): Promis
     if (!completed) await unlink(temp).catch(() => undefined);
   }
   return { ...result, seconds: (performance.now() - started) / 1000 };
+}
+
+/**
+ * Reads the checkpoint's JSON files and tensor headers, plans each tensor's type and encodes the GGUF header. Its own
+ * function so the parsed tokenizer (hundreds of thousands of JS strings) is garbage once the header is encoded:
+ * every GC during the conversion would otherwise mark it again.
+ */
+async function planConversion(dir: string, type: OutputType, overrides: ReturnType<typeof parseTensorTypeOverride>[], name: string | undefined) {
+  const config = parseConfig((await readJson(join(dir, "config.json"), true))!);
+  const files: TokenizerFiles = {
+    tokenizer: (await readJson(join(dir, "tokenizer.json"), true)) as TokenizerFiles["tokenizer"],
+    tokenizerConfig: (await readJson(join(dir, "tokenizer_config.json"), true))!,
+    generationConfig: await readJson(join(dir, "generation_config.json"), false),
+  };
+  const sources = await readCheckpointTensors(dir);
+  const plan = planTensors(config, sources, { type, overrides });
+  const parameters = plan.reduce((n, t) => n + t.dims.reduce((a, b) => a * b, 1), 0);
+  const quantized = plan.some((t) => ![GgmlType.F32, GgmlType.F16, GgmlType.BF16].includes(t.type));
+  const metadata = buildMetadata(config, files, {
+    name: checkString("name", name ?? basename(resolve(dir))), fileType: fileTypeOf(type), quantized, parameters,
+  });
+  const tensors = plan.map((t) => ({ ...t, bytes: tensorBytes(t.type, t.dims) }));
+  const { header, dataBytes } = encodeGgufHeader(metadata, tensors);
+  return { config, tensors, header, dataBytes };
 }

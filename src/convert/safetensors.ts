@@ -95,52 +95,29 @@ export async function readCheckpointTensors(dir: string): Promise<Map<string, So
   return out;
 }
 
-let f16Table: Float32Array | undefined;
-function halfToFloatTable(): Float32Array {
-  if (f16Table) return f16Table;
-  f16Table = new Float32Array(65536);
-  for (let h = 0; h < 65536; h++) {
-    const sign = h & 0x8000 ? -1 : 1;
-    const exp = (h >> 10) & 0x1f;
-    const frac = h & 0x3ff;
-    f16Table[h] = exp === 0 ? sign * 2 ** -14 * (frac / 1024) : exp === 31 ? (frac ? NaN : sign * Infinity) : sign * 2 ** (exp - 15) * (1 + frac / 1024);
-  }
-  return f16Table;
-}
-
-/** Reads rows [first, first + count) of a tensor (rows = the innermost dimension) as float32. */
+/** Reads blocks of rows of checkpoint tensors (rows = the innermost dimension), keeping each shard open once. */
 export class TensorReader {
   private handles = new Map<string, FileHandle>();
 
-  /** Rows as stored: Float32Array for F32, Uint16Array of raw bits for F16 and BF16. */
-  async readRawRows(t: SourceTensor, rowLength: number, first: number, count: number): Promise<Float32Array | Uint16Array> {
+  /** Bytes of `count` rows of `t`. */
+  static bytes(t: SourceTensor, rowLength: number, count: number): number {
+    return rowLength * count * DTYPE_BYTES[t.dtype];
+  }
+
+  /**
+   * Reads rows [first, first + count) as stored (F32, F16 or BF16 bits) into the start of `into`, a buffer the
+   * caller reuses block after block, and returns that part of it.
+   */
+  async readRows(t: SourceTensor, rowLength: number, first: number, count: number, into: Buffer): Promise<Buffer> {
     let fh = this.handles.get(t.file);
     if (!fh) {
       fh = await open(t.file, "r");
       this.handles.set(t.file, fh);
     }
-    const elemBytes = DTYPE_BYTES[t.dtype];
-    // its own ArrayBuffer (aligned for the typed views), not zero-filled: the read overwrites every byte
-    const raw = Buffer.allocUnsafeSlow(rowLength * count * elemBytes);
-    const { bytesRead } = await fh.read(raw, 0, raw.length, t.start + first * rowLength * elemBytes);
-    if (bytesRead !== raw.length) throw new QwenError("ERR_SAFETENSORS_INVALID", `${t.file}: short read of tensor ${t.name}`);
-    return t.dtype === "F32" ? new Float32Array(raw.buffer, raw.byteOffset, raw.length / 4) : new Uint16Array(raw.buffer, raw.byteOffset, raw.length / 2);
-  }
-
-  /** Rows widened to float32 (for tensors written as F32). */
-  async readRows(t: SourceTensor, rowLength: number, first: number, count: number): Promise<Float32Array> {
-    const src = await this.readRawRows(t, rowLength, first, count);
-    if (src instanceof Float32Array) return src;
-    const n = src.length;
-    const out = new Float32Array(n);
-    if (t.dtype === "BF16") {
-      const bits = new Uint32Array(out.buffer);
-      for (let i = 0; i < n; i++) bits[i] = src[i] << 16;
-    } else {
-      const table = halfToFloatTable();
-      for (let i = 0; i < n; i++) out[i] = table[src[i]];
-    }
-    return out;
+    const bytes = TensorReader.bytes(t, rowLength, count);
+    const { bytesRead } = await fh.read(into, 0, bytes, t.start + first * rowLength * DTYPE_BYTES[t.dtype]);
+    if (bytesRead !== bytes) throw new QwenError("ERR_SAFETENSORS_INVALID", `${t.file}: short read of tensor ${t.name}`);
+    return into.subarray(0, bytes);
   }
 
   async close() {
