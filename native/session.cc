@@ -198,6 +198,7 @@ class LogitsWorker : public Napi::AsyncWorker {
     logits_.resize(tokens_.size() * (size_t)nVocab_);
     llama_memory_clear(llama_get_memory(owner_->ctx_), false);  // cells only: positions are rewritten
     owner_->cached_.clear();
+    owner_->PublishCachedCount();
     ClearLastLogError();
     int32_t rc = owner_->DecodeRange(tokens_, 0, tokens_.size(), true, logits_.data());
     if (rc == 2) {
@@ -298,6 +299,7 @@ void AddonSession::Shutdown() {
     model_ = nullptr;
   }
   cached_.clear();
+  PublishCachedCount();
 }
 
 void AddonSession::RequireIdle(Napi::Env env) {
@@ -351,6 +353,7 @@ int32_t AddonSession::DecodeRange(const std::vector<llama_token>& tokens, size_t
     rc = llama_decode(ctx_, batch);
     if (rc != 0) break;
     cached_.insert(cached_.end(), tokens.begin() + start, tokens.begin() + start + n);
+    PublishCachedCount();
     if (logitsOut) {
       for (int32_t i = 0; i < n; i++) {
         std::memcpy(logitsOut + (start - from + i) * (size_t)nVocab, llama_get_logits_ith(ctx_, i), nVocab * sizeof(float));
@@ -411,6 +414,7 @@ void AddonSession::RunGeneration(std::vector<llama_token> prompt, SamplingOption
     keep = 0;
   }
   cached_.resize(keep);
+  PublishCachedCount();
   done->cachedTokens = (int32_t)keep;
   ClearLastLogError();
   int32_t rc = DecodeRange(prompt, keep, prompt.size(), false, nullptr);
@@ -493,7 +497,7 @@ void AddonSession::Dispose(const Napi::CallbackInfo& info) {
 Napi::Value AddonSession::Stats(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object out = Napi::Object::New(env);
-  out.Set("cachedTokens", (double)cached_.size());
+  out.Set("cachedTokens", (double)cachedCount_.load(std::memory_order_relaxed));
   out.Set("contextSize", ctx_ ? (double)contextLimit_ : 0.0);
   out.Set("batchSize", ctx_ ? (double)llama_n_batch(ctx_) : 0.0);
   out.Set("threads", ctx_ ? (double)llama_n_threads(ctx_) : 0.0);

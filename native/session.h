@@ -80,6 +80,9 @@ class AddonSession : public Napi::ObjectWrap<AddonSession> {
   std::thread thread_;
   size_t contextLimit_ = 0;  // the context size asked for (llama.cpp may round its own n_ctx up)
   std::vector<llama_token> cached_;  // tokens whose K/V are in the cache, in position order (prefix reuse)
+  // cached_.size() for stats(), which JS may call while a worker thread changes cached_ (PublishCachedCount)
+  std::atomic<size_t> cachedCount_{0};
+  void PublishCachedCount() { cachedCount_.store(cached_.size(), std::memory_order_relaxed); }
   int64_t externalBytes_ = 0;
 };
 

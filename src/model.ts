@@ -470,9 +470,11 @@ class GenerationStream implements AsyncIterator<string> {
   }
 
   finish(r: NativeGenerationResult) {
-    if (r.finishReason === "abort" && !this.error) {
-      // aborted by dispose(), not by the consumer
+    if (r.finishReason === "abort") {
+      // not by the consumer: dispose() stopped it
       if (!this.cancelled) return this.fail(new QwenError("ERR_DISPOSED", "the model was disposed during the generation"));
+      // an AbortSignal rejects `result` too (as fetch does); `break` resolves it with the text so far
+      if (!this.cancelledByReturn) return this.fail(this.error);
     }
     this.settle.resolve({
       text: this.text,
@@ -489,9 +491,10 @@ class GenerationStream implements AsyncIterator<string> {
     this.end();
   }
 
-  /** Called when the queue reaches a stream that was cancelled before it started. */
+  /** Called when the queue reaches a stream that was cancelled before it started: the same outcome as a running one. */
   finishCancelled() {
-    this.fail(this.error ?? abortError());
+    if (!this.cancelledByReturn) return this.fail(this.error ?? abortError());
+    this.finish({ finishReason: "abort", tokens: new Int32Array(0), promptTokens: 0, cachedTokens: 0, promptMs: 0, genMs: 0 });
   }
 
   private end() {

@@ -101,12 +101,17 @@ describe("stream", () => {
   });
 
   it("break, abort and dispose stop the work and leave the model usable", async () => {
-    for await (const _ of model.stream("Hello", { maxTokens: 10000, temperature: 0, ignoreEos: true })) break;
+    const broken = model.stream("Hello", { maxTokens: 10000, temperature: 0, ignoreEos: true });
+    for await (const _ of broken) break;
+    const partial = await broken.result; // `break` resolves the result with what was generated
+    assert.equal(partial.finishReason, "abort");
+    assert.ok(partial.tokens.length >= 1 && partial.tokens.length < 10000);
     const controller = new AbortController();
     const stream = model.stream("Hello", { maxTokens: 10000, temperature: 0, ignoreEos: true, signal: controller.signal });
     await assert.rejects(async () => {
       for await (const _ of stream) controller.abort();
     }, (e: { code?: string }) => e.code === "ABORT_ERR");
+    await assert.rejects(stream.result, (e: { code?: string }) => e.code === "ABORT_ERR"); // a signal rejects it, as fetch does
     const after = await model.generate("Hello", { maxTokens: 3, temperature: 0, ignoreEos: true });
     assert.equal(after.tokens.length, 3);
 
