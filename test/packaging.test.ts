@@ -105,4 +105,17 @@ describe("packaging", () => {
     assert.match(r.stderr, /ERR_CPU_UNSUPPORTED|lacks AVX2/);
     assert.match(r.stderr, /AVX2/);
   });
+
+  it("from the tarball, build-native compiles the shipped llama.cpp tree and the package loads that build", () => {
+    // last: its local build would shadow the prebuilds the tests above check. The fallback for a platform without a
+    // prebuild: everything it needs must be in the tarball (vendor/llama.cpp)
+    const pkg = join(app, "node_modules", "qwen-gguf");
+    assert.ok(existsSync(join(pkg, "vendor", "llama.cpp", "CMakeLists.txt")), "npm pack shipped the vendored tree");
+    execFileSync("node", [join(pkg, "dist", "cli.js"), "build-native", "--variant", "avx2"], { cwd: app, stdio: ["ignore", "ignore", "pipe"] });
+    const env = { ...process.env, PATH: bin, QWEN_GGUF_CPU_VARIANT: "avx2" };
+    const doctor = execFileSync("node", [join(pkg, "dist", "cli.js"), "doctor"], { cwd: app, env, encoding: "utf8" });
+    assert.match(doctor, new RegExp(`binary: +${join(pkg, "build", "avx2")}`));
+    const result = JSON.parse(execFileSync("node", ["app.mjs", "-", gguf], { cwd: app, env, encoding: "utf8" }).trim().split("\n").pop()!);
+    assert.equal(result.tokens, 4);
+  });
 });
