@@ -44,6 +44,13 @@ export interface LoadModelOptions {
    * reading keeps one copy. Map when several processes share one file and no repacking applies.
    */
   mmap?: boolean;
+  /**
+   * How long ggml's worker threads spin waiting for the next step before sleeping, 0 (sleep at once) to 100.
+   * Default: 50, llama.cpp's own default: the fastest hand-off between decode steps on an otherwise idle CPU. Lower
+   * it when the CPU is shared (other busy processes, several models at once): spinning threads then steal the time
+   * of the threads that have work.
+   */
+  poll?: number;
   /** Called with the loaded fraction, 0 to 1. */
   onProgress?: (fraction: number) => void;
   /** Aborts loading; the promise rejects with an AbortError (code ABORT_ERR). */
@@ -548,6 +555,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const batchSize = checkInt("batchSize", o.batchSize, 512, 1, 1 << 16);
   const kvCacheType = checkOneOf("kvCacheType", o.kvCacheType, KV_CACHE_TYPES, "f16");
   const mmap = checkBool("mmap", o.mmap, false);
+  const poll = checkInt("poll", o.poll, 50, 0, 100);
   const requestedContext = checkInt("contextSize", o.contextSize, 0, 0, 1 << 24);
   if (o.contextSize !== undefined && requestedContext < 16) throw new QwenError("ERR_OUT_OF_RANGE", `contextSize must be at least 16, got ${requestedContext}`);
   if (signal?.aborted) throw abortError(signal);
@@ -572,7 +580,7 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   try {
     if (signal?.aborted) throw abortError(signal);
     await session.init({
-      contextSize, batchSize, ubatchSize: Math.min(batchSize, 512), threads, threadsBatch, kvType: KV_GGML_TYPE[kvCacheType],
+      contextSize, batchSize, ubatchSize: Math.min(batchSize, 512), threads, threadsBatch, poll, kvType: KV_GGML_TYPE[kvCacheType],
       // CPU flash attention computes in F16; an F32 cache is asked for exactness, so it gets the plain F32 path (0 = disabled, -1 = auto)
       flashAttention: kvCacheType === "f32" ? 0 : -1,
     });

@@ -65,7 +65,7 @@ export type NativeGenerationEvent =
   | ((kind: "error", error: Error) => void);
 
 export interface NativeSession {
-  init(options: { contextSize: number; batchSize: number; ubatchSize: number; threads: number; threadsBatch: number; kvType: number; flashAttention?: number }): Promise<void>;
+  init(options: { contextSize: number; batchSize: number; ubatchSize: number; threads: number; threadsBatch: number; poll?: number; kvType: number; flashAttention?: number }): Promise<void>;
   generate(prompt: Int32Array, options: NativeSamplingOptions, onEvent: (kind: string, payload: unknown) => void): void;
   logits(tokens: Int32Array): Promise<Float32Array>;
   abort(): void;

@@ -51,6 +51,7 @@ describe("loadModel: bad options", () => {
     ["tiny contextSize", { contextSize: 4 }, "ERR_OUT_OF_RANGE"],
     ["unknown kvCacheType", { kvCacheType: "q2" }, "ERR_OUT_OF_RANGE"],
     ["mmap not boolean", { mmap: 1 }, "ERR_INVALID_ARG_TYPE"],
+    ["poll above 100", { poll: 101 }, "ERR_OUT_OF_RANGE"],
     ["signal not an AbortSignal", { signal: {} }, "ERR_INVALID_ARG_TYPE"],
   ];
   for (const [name, options, code] of cases) {

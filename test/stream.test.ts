@@ -171,7 +171,7 @@ describe("memory", () => {
     const rss = () => (gc?.(), process.memoryUsage().rss);
     const warm = await loadModel(out, { contextSize: 256, threads: 1 }); // the first load's one-time costs
     const r0 = rss();
-    const small = await loadModel(out, { contextSize: 256, threads: 1 });
+    const small = await loadModel(out, { contextSize: 256, threads: 1, poll: 0 }); // poll 0: threads sleep at once, same results
     const r1 = rss();
     const big = await loadModel(out, { contextSize, threads: 1 });
     const r2 = rss();
