@@ -386,6 +386,7 @@ export class Model {
           }
           const { signal, ...nativeOptions } = sampling;
           this.active = stream;
+          stream.started = true;
           try {
             this.session.generate(prompt, nativeOptions, (kind, payload) => {
               if (kind === "piece") return stream.push(payload as string);
@@ -449,6 +450,8 @@ class GenerationStream implements AsyncIterator<string> {
   private ended = false;
   private error: unknown;
   cancelled = false;
+  /** Set by the queue when the native generation begins. */
+  started = false;
   private readonly ran: Promise<void>;
   private readonly onAbort: () => void;
 
@@ -498,8 +501,9 @@ class GenerationStream implements AsyncIterator<string> {
     this.end();
   }
 
-  /** Called when the queue reaches a stream that was cancelled before it started: the same outcome as a running one. */
+  /** Settles a stream cancelled before it started: the same outcome as for a running one. */
   finishCancelled() {
+    if (this.ended) return;
     if (!this.cancelledByReturn) return this.fail(this.error ?? abortError());
     this.finish({ finishReason: "abort", tokens: new Int32Array(0), promptTokens: 0, cachedTokens: 0, promptMs: 0, genMs: 0 });
   }
@@ -521,7 +525,8 @@ class GenerationStream implements AsyncIterator<string> {
     this.cancelled = true;
     this.error = err;
     this.pieces = [];
-    this.model.abortActive(this); // a queued stream just never starts
+    if (this.started) this.model.abortActive(this);
+    else this.finishCancelled(); // still queued: settle now, the queue skips it when its turn comes
   }
 
   next(): Promise<IteratorResult<string>> {
@@ -539,7 +544,7 @@ class GenerationStream implements AsyncIterator<string> {
       this.cancelledByReturn = true;
       this.cancel(abortError());
     }
-    await this.ran;
+    if (this.started) await this.ran; // a queued stream never touched the context: no need to wait for those ahead
     return { value: undefined, done: true };
   }
 }

@@ -89,9 +89,20 @@ describe("stream", () => {
     const c = new AbortController();
     const first = model.generate("One", opts);
     const second = model.generate("Two", { ...opts, signal: c.signal });
-    c.abort();
-    assert.equal((await first).tokens.length, 24);
+    c.abort(); // settles the queued one at once
     await assert.rejects(second, (e: { code?: string }) => e.code === "ABORT_ERR");
+    assert.equal((await first).tokens.length, 24);
+  });
+
+  it("break on a queued stream returns at once, without waiting for the stream ahead", async () => {
+    const opts = { maxTokens: 200, temperature: 0, ignoreEos: true };
+    let firstDone = false;
+    const first = model.generate("One", opts).then((r) => ((firstDone = true), r));
+    const queued = model.stream("Two", opts);
+    await queued[Symbol.asyncIterator]().return!();
+    assert.equal(firstDone, false, "return() resolved before the running stream finished");
+    assert.equal((await queued.result).finishReason, "abort");
+    assert.equal((await first).tokens.length, 200);
   });
 
   it("a follow-up prompt reuses the cached prefix", async () => {
