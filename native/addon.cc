@@ -7,7 +7,6 @@
 #include <malloc.h>
 #endif
 #include <cstdlib>
-#include <memory>
 #include <mutex>
 #include <thread>
 #include <vector>

@@ -36,6 +36,18 @@ inline bool BoolOption(const Napi::Object& o, const char* key, bool fallback) {
   return HasOption(o, key) ? o.Get(key).As<Napi::Boolean>().Value() : fallback;
 }
 
+// Runs `call`, which calls into JS from a native callback (progress, generation events), where an exception must
+// not escape: a throwing user callback, or a terminating worker where every call into JS fails, would abort the
+// process. The error is dropped; there is no JS caller left to hand it to.
+template <typename Call>
+void CallJsIgnoringErrors(Napi::Env env, Call&& call) {
+  try {
+    call();
+  } catch (const Napi::Error&) {
+  }
+  if (env.IsExceptionPending()) env.GetAndClearPendingException();
+}
+
 // Returns freed heap memory to the OS (glibc keeps it in per-thread arenas otherwise; contexts free tens of MB).
 void ReleaseFreedMemory();
 

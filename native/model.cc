@@ -45,12 +45,8 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
   void OnProgress(const float* data, size_t count) override {
     if (count == 0 || onProgress_.IsEmpty()) return;
     Napi::Env env = Env();
-    try {
-      onProgress_.Call({Napi::Number::New(env, data[count - 1])});
-    } catch (const Napi::Error&) {
-      // a throwing progress callback must not break loading
-    }
-    if (env.IsExceptionPending()) env.GetAndClearPendingException();
+    // a throwing progress callback must not break loading
+    CallJsIgnoringErrors(env, [&] { onProgress_.Call({Napi::Number::New(env, data[count - 1])}); });
   }
 
   void OnOK() override {

@@ -29,20 +29,6 @@ struct GenerationEvent {
   int32_t promptTokens = 0, cachedTokens = 0;
 };
 
-void DeliverEventToJs(Napi::Env env, Napi::Function onEvent, GenerationEvent* ev);
-
-void DeliverEvent(Napi::Env env, Napi::Function onEvent, GenerationEvent* raw) {
-  std::unique_ptr<GenerationEvent> ev(raw);
-  if (env == nullptr || onEvent.IsEmpty()) return;  // environment is shutting down
-  // A terminating worker makes every call into JS fail; nothing is left to deliver to, and an exception must not
-  // escape this callback (it would abort the whole process).
-  try {
-    DeliverEventToJs(env, onEvent, ev.get());
-  } catch (const Napi::Error&) {
-  }
-  if (env.IsExceptionPending()) env.GetAndClearPendingException();
-}
-
 void DeliverEventToJs(Napi::Env env, Napi::Function onEvent, GenerationEvent* ev) {
   switch (ev->kind) {
     case GenerationEvent::Piece:
@@ -65,6 +51,12 @@ void DeliverEventToJs(Napi::Env env, Napi::Function onEvent, GenerationEvent* ev
       onEvent.Call({Napi::String::New(env, "error"), CodedError(env, ev->finishReason, ev->text).Value()});
       break;
   }
+}
+
+void DeliverEvent(Napi::Env env, Napi::Function onEvent, GenerationEvent* raw) {
+  std::unique_ptr<GenerationEvent> ev(raw);
+  if (env == nullptr || onEvent.IsEmpty()) return;  // environment is shutting down
+  CallJsIgnoringErrors(env, [&] { DeliverEventToJs(env, onEvent, ev.get()); });
 }
 
 llama_sampler* BuildSampler(const llama_vocab* vocab, const SamplingOptions& o) {

@@ -8,7 +8,7 @@ import { convert } from "./convert/convert.js";
 import { OUTPUT_TYPES, type OutputType } from "./convert/plan.js";
 import { QwenError } from "./errors.js";
 import { ggmlTypeName, readGguf, type GgufTypedValue } from "./gguf.js";
-import { cpuFeatures, CPU_VARIANTS, packageRoot } from "./native.js";
+import { cpuFeatures, CPU_VARIANTS, featureNames, packageRoot } from "./native.js";
 import { versions } from "./versions.js";
 
 const USAGE = `usage:
@@ -94,7 +94,7 @@ function runDoctor() {
   } catch (err) {
     let seen = "";
     try {
-      seen = Object.entries(cpuFeatures()).filter(([, on]) => on).map(([f]) => f).join(" ");
+      seen = featureNames(cpuFeatures()).join(" ");
     } catch {
       seen = "(the CPU probe did not load either)";
     }

@@ -344,7 +344,6 @@ export class Model {
     return { [Symbol.asyncIterator]: () => splitReasoning(inner[Symbol.asyncIterator](), startsInReasoning), result: inner.result };
   }
 
-
   private startGeneration(tokenizePrompt: () => Int32Array, sampling: ResolvedSampling) {
     const model = this;
     let started = false;

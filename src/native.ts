@@ -76,7 +76,6 @@ export interface NativeSession {
 export interface NativeAddon {
   AddonModel: new () => NativeModel;
   AddonSession: new (model: NativeModel) => NativeSession;
-  /** Quantizes rows of F32, F16 or BF16 values (`sourceType`, a ggml type) to `type` with ggml's routines. */
   /** Quantizes `rows` rows of F32/F16/BF16 values (`data`'s bytes, `sourceType` a ggml type) into `out`; resolves with the bytes written. */
   quantize(type: number, data: Uint8Array, sourceType: number, rows: number, rowLength: number, threads: number, out: Uint8Array): Promise<number>;
   typeInfo(type: number): { name: string; blockSize: number; typeSize: number };
@@ -144,6 +143,11 @@ let cached: { addon: NativeAddon; binary: LoadedBinary; cpu: CpuFeatures } | und
 const HOW_TO_FIX =
   "To get a binary: allow this package's install script (npm 11: `npm install-scripts approve qwen-gguf`, then reinstall), " +
   "or compile the vendored llama.cpp that the package ships (needs cmake and a C++17 compiler): `npx qwen-gguf build-native`.";
+
+/** Names of the features a CPU has. */
+export function featureNames(cpu: CpuFeatures): string[] {
+  return Object.entries(cpu).filter(([, on]) => on).map(([name]) => name);
+}
 
 /** The CPU's features, from the CPUID probe (a baseline x86-64 binary that loads anywhere). */
 export function cpuFeatures(attempts: string[] = []): CpuFeatures {

@@ -1,5 +1,5 @@
 import { availableParallelism } from "node:os";
-import { loadNative } from "./native.js";
+import { featureNames, loadNative } from "./native.js";
 
 /** The llama.cpp commit compiled into the addon, the CPU variant and binary loaded, and the CPU features seen. */
 export function versions() {
@@ -9,7 +9,7 @@ export function versions() {
     llamaCpp: v.llamaCppCommit,
     cpuVariant: v.cpuVariant,
     binary: binary.path,
-    cpuFeatures: Object.entries(cpu).filter(([, on]) => on).map(([name]) => name),
+    cpuFeatures: featureNames(cpu),
     ggmlFeatures: v.systemInfo.trim(),
     defaultThreads: availableParallelism(),
   };

@@ -13,6 +13,8 @@ import { cpuFeatures, CPU_VARIANTS, packageRoot } from "../src/native.js";
 import { checkpoint, TINY_QWEN3 } from "./support/models.js";
 
 const prebuilds = join(packageRoot, "prebuilds", `${process.platform}-${process.arch}`);
+/** The app's result: the JSON line it prints last. */
+const appResult = (stdout: string) => JSON.parse(stdout.trim().split("\n").pop()!);
 const which = (cmd: string) => spawnSync("sh", ["-c", `command -v ${cmd}`], { encoding: "utf8" }).stdout.trim();
 
 const APP = `
@@ -74,7 +76,7 @@ describe("packaging", () => {
     assert.ok(!existsSync(join(app, "node_modules", "qwen-gguf", "build")), "nothing was compiled at install");
     const { dir } = await checkpoint("qwen3-tied-gqa", TINY_QWEN3);
     const out = execFileSync("node", ["app.mjs", dir, gguf], { cwd: app, env, encoding: "utf8" });
-    const result = JSON.parse(out.trim().split("\n").pop()!);
+    const result = appResult(out);
     assert.equal(result.tokens, 4);
     assert.ok(result.text.length > 0);
     const features = cpuFeatures();
@@ -91,7 +93,7 @@ describe("packaging", () => {
     assert.ok(existsSync(gguf), "the install test converted the model");
     const r = spawnSync(qemu, ["-cpu", "Haswell", process.execPath, "app.mjs", "-", gguf], { cwd: app, encoding: "utf8", timeout: 600_000 });
     assert.equal(r.status, 0, r.stderr.split("\n").filter((l) => !l.includes("TCG doesn't support")).join("\n"));
-    const result = JSON.parse(r.stdout.trim().split("\n").pop()!);
+    const result = appResult(r.stdout);
     assert.equal(result.variant, "avx2");
     assert.equal(result.tokens, 4);
   });
@@ -115,7 +117,7 @@ describe("packaging", () => {
     const env = { ...process.env, PATH: bin, QWEN_GGUF_CPU_VARIANT: "avx2" };
     const doctor = execFileSync("node", [join(pkg, "dist", "cli.js"), "doctor"], { cwd: app, env, encoding: "utf8" });
     assert.match(doctor, new RegExp(`binary: +${join(pkg, "build", "avx2")}`));
-    const result = JSON.parse(execFileSync("node", ["app.mjs", "-", gguf], { cwd: app, env, encoding: "utf8" }).trim().split("\n").pop()!);
+    const result = appResult(execFileSync("node", ["app.mjs", "-", gguf], { cwd: app, env, encoding: "utf8" }));
     assert.equal(result.tokens, 4);
   });
 });

@@ -88,15 +88,16 @@ async function main() {
   }
 
   const drivers = join(import.meta.dirname, "drivers");
+  const common = (file: string) => [file, String(threads), String(promptTokens), String(genTokens), String(contextSize)];
+  // a driver process prints its figures as one JSON line last; its peak RSS is measured from outside
+  const drive = async (args: string[]): Promise<SpeedSample> => {
+    const r = await measured([process.execPath, ...args]);
+    return { ...JSON.parse(r.stdout.trim().split("\n").pop()!), peakRss: r.peakRss };
+  };
+  const ours = (file: string, kv: string) => drive(["--import", "tsx", join(drivers, "ours.ts"), ...common(file), kv]);
   const sample = async (c: Contender, file: string): Promise<SpeedSample> => {
-    if (c === "qwen-gguf") {
-      const r = await measured([process.execPath, "--import", "tsx", join(drivers, "ours.ts"), file, String(threads), String(promptTokens), String(genTokens), String(contextSize), "f16"]);
-      return { ...JSON.parse(r.stdout.trim().split("\n").pop()!), peakRss: r.peakRss };
-    }
-    if (c === "node-llama-cpp") {
-      const r = await measured([process.execPath, join(drivers, "node-llama-cpp.mjs"), nlc, file, String(threads), String(promptTokens), String(genTokens), String(contextSize)]);
-      return { ...JSON.parse(r.stdout.trim().split("\n").pop()!), peakRss: r.peakRss };
-    }
+    if (c === "qwen-gguf") return ours(file, "f16");
+    if (c === "node-llama-cpp") return drive([join(drivers, "node-llama-cpp.mjs"), nlc, ...common(file)]);
     const r = await measured([bench, ...llamaBenchArgs(file, threads, promptTokens, genTokens)]);
     const { pp, tg } = parseLlamaBench(r.stdout);
     return { pp, tg, ttftMs: (promptTokens / pp) * 1000, peakRss: r.peakRss };
@@ -120,10 +121,9 @@ async function main() {
     const memRuns = flags.model ? runs : runs.filter(([m]) => m === "qwen3-4b");
     for (const [model, type, file] of memRuns) {
       for (const kv of ["f16", "q8_0"]) {
-        const r = await measured([process.execPath, "--import", "tsx", join(drivers, "ours.ts"), file, String(threads), String(promptTokens), String(genTokens), String(contextSize), kv]);
-        const out = JSON.parse(r.stdout.trim().split("\n").pop()!);
-        memory.push({ model, type, kvCacheType: kv, contextSize, peakRss: r.peakRss, tg: out.tg });
-        console.error(`memory ${model} ${type} kv ${kv}: ${(r.peakRss / 1e9).toFixed(2)} GB`);
+        const { peakRss = 0, tg } = await ours(file, kv);
+        memory.push({ model, type, kvCacheType: kv, contextSize, peakRss, tg });
+        console.error(`memory ${model} ${type} kv ${kv}: ${(peakRss / 1e9).toFixed(2)} GB`);
       }
     }
   }
