@@ -15,7 +15,7 @@
 #include "ggml.h"
 #include "model.h"
 #include "registry.h"
-#include "session.h"
+#include "context.h"
 
 namespace qwen {
 
@@ -181,10 +181,10 @@ Napi::Value Versions(const Napi::CallbackInfo& info) {
 
 void CleanupEnv(void* data) {
   auto* registry = static_cast<Registry*>(data);
-  // Sessions first (they stop their threads and free contexts), then the models they used.
-  auto sessions = registry->sessions;
-  for (auto* s : sessions) s->Shutdown();
-  registry->sessions.clear();
+  // Contexts first (they stop their engine threads and free the llama contexts), then the models they used.
+  auto contexts = registry->contexts;
+  for (auto* c : contexts) c->Shutdown();
+  registry->contexts.clear();
   auto models = registry->models;
   for (auto* m : models) m->Free();
   registry->models.clear();
@@ -201,14 +201,15 @@ Napi::Object InitModule(Napi::Env env, Napi::Object exports) {
   env.SetInstanceData<Registry, KeepRegistry>(registry);
   env.AddCleanupHook(CleanupEnv, registry);
   Napi::Function model = AddonModel::Init(env);
-  Napi::Function session = AddonSession::Init(env);
+  Napi::Function context = AddonContext::Init(env);
   registry->modelClass = Napi::Persistent(model);
-  registry->sessionClass = Napi::Persistent(session);
+  registry->contextClass = Napi::Persistent(context);
   exports.Set("AddonModel", model);
-  exports.Set("AddonSession", session);
+  exports.Set("AddonContext", context);
   exports.Set("quantize", Napi::Function::New(env, Quantize));
   exports.Set("typeInfo", Napi::Function::New(env, TypeInfo));
   exports.Set("versions", Napi::Function::New(env, Versions));
+  exports.Set("attentionCheck", Napi::Function::New(env, [](const Napi::CallbackInfo& info) { Napi::Value AttentionCheck(const Napi::CallbackInfo&); return AttentionCheck(info); }));  // test-only (native/attention.cc)
   return exports;
 }
 

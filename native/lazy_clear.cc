@@ -5,8 +5,10 @@
 // before the first token, and 32k of context would hold 4.5 GiB. madvise(MADV_DONTNEED) on private
 // anonymous memory has exactly memset(0)'s effect (the next access sees a fresh zero page) but leaves
 // the pages unallocated until a token's keys and values are written there, so resident memory grows
-// with the context actually used. The CMake link wraps llama's calls (-Wl,--wrap=ggml_backend_buffer_clear).
-#if defined(__linux__)
+// with the context actually used. The CMake link wraps llama's calls (-Wl,--wrap=ggml_backend_buffer_clear) and
+// defines QWEN_GGUF_LAZY_CLEAR only where that works: Linux (other kernels' MADV_DONTNEED need not zero, macOS's does
+// not) with a linker that has --wrap. Anywhere else this file is empty and llama.cpp's memset runs unchanged.
+#if defined(__linux__) && defined(QWEN_GGUF_LAZY_CLEAR)
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -41,4 +43,4 @@ __attribute__((visibility("hidden"))) void __wrap_ggml_backend_buffer_clear(ggml
 }
 
 }  // extern "C"
-#endif  // __linux__
+#endif  // __linux__ && QWEN_GGUF_LAZY_CLEAR

@@ -1,5 +1,7 @@
 #include "model.h"
 
+#include <algorithm>
+
 #include <vector>
 
 #include "common.h"
@@ -35,6 +37,16 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
     };
     params.progress_callback_user_data = this;
     model_ = llama_model_load_from_file(path_.c_str(), params);
+    if (model_) {
+      // the longest token's bytes: JS bounds a prompt's size with it before tokenizing (151,936 calls here, not
+      // on the event loop)
+      const llama_vocab* vocab = llama_model_get_vocab(model_);
+      char buf[256];
+      for (int32_t i = 0, n = llama_vocab_n_tokens(vocab); i < n; i++) {
+        const int32_t len = llama_token_to_piece(vocab, i, buf, sizeof buf, 0, true);
+        maxTokenBytes_ = std::max(maxTokenBytes_, len < 0 ? -len : len);
+      }
+    }
     if (!model_) {
       aborted_ = owner_->abortLoad_.load();
       std::string detail = TakeLastLogError();
@@ -53,6 +65,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
     Napi::Env env = Env();
     owner_->loading_ = false;
     owner_->model_ = model_;
+    owner_->maxTokenBytes_ = maxTokenBytes_;
     owner_->externalBytes_ = static_cast<int64_t>(llama_model_size(model_));
     Napi::MemoryManagement::AdjustExternalMemory(env, owner_->externalBytes_);
     deferred_.Resolve(env.Undefined());
@@ -66,6 +79,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
  private:
   Napi::Promise::Deferred deferred_;
   AddonModel* owner_;
+  int32_t maxTokenBytes_ = 0;
   Napi::ObjectReference ownerRef_;  // keeps the JS model alive while loading
   Napi::FunctionReference onProgress_;
   std::string path_;
@@ -133,7 +147,7 @@ void AddonModel::AbortLoad(const Napi::CallbackInfo&) { abortLoad_ = true; }
 
 void AddonModel::Dispose(const Napi::CallbackInfo& info) {
   if (loading_) ThrowCoded(info.Env(), "ERR_INVALID_STATE", "cannot dispose a model while it loads; abort the load first");
-  if (sessions.load() > 0) ThrowCoded(info.Env(), "ERR_INVALID_STATE", "dispose the model's sessions before the model");
+  if (contexts.load() > 0) ThrowCoded(info.Env(), "ERR_INVALID_STATE", "dispose the model's contexts before the model");
   Free();
 }
 
@@ -217,6 +231,7 @@ Napi::Value AddonModel::Info(const Napi::CallbackInfo& info) {
   out.Set("bos", llama_vocab_bos(vocab()));
   out.Set("eos", llama_vocab_eos(vocab()));
   out.Set("eot", llama_vocab_eot(vocab()));
+  out.Set("maxTokenBytes", maxTokenBytes_);
   const char* tmpl = llama_model_chat_template(model_, nullptr);
   if (tmpl) out.Set("chatTemplate", tmpl);
   return out;

@@ -1,4 +1,4 @@
-// AddonModel: one llama_model (weights + vocabulary), shared by every session created on it.
+// AddonModel: one llama_model (weights + vocabulary), shared by every context created on it.
 #pragma once
 
 #include <napi.h>
@@ -21,7 +21,7 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
   // Frees the weights; called by dispose() and by the environment cleanup hook.
   void Free();
 
-  std::atomic<int> sessions{0};  // live sessions; the model cannot be freed under them
+  std::atomic<int> contexts{0};  // live contexts; the model cannot be freed under them
 
  private:
   friend class LoadWorker;
@@ -41,6 +41,7 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
   std::atomic<bool> loading_{false};
   std::atomic<bool> abortLoad_{false};
   int64_t externalBytes_ = 0;
+  int32_t maxTokenBytes_ = 0;  // bytes of the longest token (with special tokens' text)
   Napi::Env env_;
 };
 

@@ -9,13 +9,13 @@
 namespace qwen {
 
 class AddonModel;
-class AddonSession;
+class AddonContext;
 
 struct Registry {
   std::unordered_set<AddonModel*> models;
-  std::unordered_set<AddonSession*> sessions;
+  std::unordered_set<AddonContext*> contexts;
   Napi::FunctionReference modelClass;
-  Napi::FunctionReference sessionClass;
+  Napi::FunctionReference contextClass;
 
   static Registry& Of(Napi::Env env) { return *env.GetInstanceData<Registry>(); }
 };

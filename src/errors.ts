@@ -18,6 +18,7 @@ export type QwenErrorCode =
   | "ERR_NATIVE_LOAD"
   | "ERR_CPU_UNSUPPORTED"
   | "ERR_CHAT_TEMPLATE"
+  | "ERR_SCHEMA_UNSUPPORTED"
   | "ERR_CHECKPOINT_INVALID"
   | "ERR_CHECKPOINT_MISSING_FILE"
   | "ERR_SAFETENSORS_INVALID"
@@ -28,6 +29,23 @@ export type QwenErrorCode =
   | "ERR_VOCAB_SIZE"
   | "ERR_OUTPUT_EXISTS"
   | "ERR_OUTPUT_WRITE"
+  | "ERR_QUEUE_FULL"
+  | "ERR_CONTEXT_FULL"
+  | "ERR_GRAMMAR"
+  | "ERR_ENGINE"
+  // pull (src/pull): references, the Hugging Face Hub, downloads, the models directory
+  | "ERR_INVALID_REFERENCE"
+  | "ERR_MODEL_NOT_PULLED"
+  | "ERR_HUB_OFFLINE"
+  | "ERR_REPO_NOT_FOUND"
+  | "ERR_HUB_FILE_NOT_FOUND"
+  | "ERR_REPO_GATED"
+  | "ERR_HUB_UNAUTHORIZED"
+  | "ERR_HUB_NO_WEIGHTS"
+  | "ERR_HUB_RESPONSE"
+  | "ERR_NETWORK"
+  | "ERR_CHECKSUM_MISMATCH"
+  | "ERR_DISK_FULL"
   | "ABORT_ERR";
 
 export class QwenError extends Error {

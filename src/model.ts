@@ -1,19 +1,36 @@
 /**
- * The typed facade: loadModel() → Model with stream(), generate(), chat(), tokenize(), logits().
+ * The typed facade: loadModel() → Model with stream(), generate(), chat(), complete(), classify(), logits(),
+ * createChat().
  *
- * Concurrency: a Model owns one native context. Calls that use it (stream, generate, chat, logits) are queued
- * and run one after another in call order, so two concurrent stream() calls both complete correctly, the second
- * starting when the first ends. The weights are loaded once. The queue also gives multi-turn prefix reuse: the
- * context keeps the previous call's tokens and a prompt that starts with them decodes only the new part.
+ * Concurrency: a Model owns one native context whose engine thread runs up to `parallel` generations at once
+ * (continuous batching over one shared KV cache); further calls wait in FIFO order. Every prompt starts from the
+ * longest prefix any sequence holds (the prefix cache), so a shared system prompt or the earlier turns of a
+ * conversation are not decoded again. Classifications and logits() run on their own sequences beside the
+ * generations and never wait behind them.
  */
+import { createHash } from "node:crypto";
+import { open } from "node:fs/promises";
 import { availableParallelism } from "node:os";
 import { abortError, fromNative, QwenError } from "./errors.js";
 import { GgmlType, metaNumber, metaString, readGguf, type GgufFile } from "./gguf.js";
-import { native, type NativeGenerationResult, type NativeModel, type NativeSamplingOptions, type NativeSession } from "./native.js";
+import { native, type NativeModel, type NativeRequest, type NativeSamplingOptions, type NativeTokenLogprob } from "./native.js";
 import { renderChat, splitReasoning, type ChatMessage, type ChatPiece } from "./chat.js";
+import { Context } from "./context.js";
+import {
+  generationIterable, GenerationStream, mapIterator, type GenerationResult, type Piece, type RecordedGeneration, type TokenLogprob,
+} from "./generation.js";
+import { parseGbnf } from "./grammar/gbnf.js";
+import { jsonSchemaToGbnf } from "./grammar/json-schema.js";
+import { ResponseCache, type ResponseCacheOptions } from "./response-cache.js";
+import type { OutputType } from "./convert/plan.js";
+import { isReference, resolveModel, type PullProgress } from "./pull/index.js";
+import { toolCallGrammar, validateToolChoice, validateTools, type ToolCall, type ToolChoice, type ToolDefinition } from "./tools.js";
 import {
   checkBool, checkFunction, checkInt, checkNumber, checkOneOf, checkSignal, checkString, checkStringList, optionalObject,
 } from "./validate.js";
+
+export type { FinishReason, GenerationResult, GenerationTimings, Piece, TokenLogprob } from "./generation.js";
+export type { ToolCall, ToolChoice, ToolDefinition } from "./tools.js";
 
 export const SUPPORTED_ARCHITECTURES = ["qwen3", "qwen2"] as const;
 export const KV_CACHE_TYPES = ["f16", "q8_0", "q4_0", "f32"] as const;
@@ -51,6 +68,32 @@ export interface LoadModelOptions {
    * of the threads that have work.
    */
   poll?: number;
+  /** Generations that decode together (continuous batching). Default: 4. Further calls wait in FIFO order. */
+  parallel?: number;
+  /** Calls allowed to wait for a free generation slot; one more rejects at once with ERR_QUEUE_FULL. Default: unbounded. */
+  maxQueue?: number;
+  /**
+   * Tokens the shared KV cache holds across all sequences (running generations and the idle ones kept for the
+   * prefix cache). Default: contextSize × parallel, so every generation can fill its context at once. Its pages
+   * become resident only as they are used.
+   */
+  cacheSize?: number;
+  /**
+   * Host-memory prompt cache: the KV state of an idle sequence that is evicted from the KV cache is saved
+   * (up to `maxBytes`, least recently used dropped first) and restored when a later prompt starts with it; with
+   * `dir`, states are also written there (and at dispose) so a restarted process reuses them. Default: off.
+   */
+  promptCache?: { maxBytes?: number; dir?: string };
+  /** Results of deterministic requests (temperature 0 or a fixed seed; every classification) returned without
+   * decoding. `true` for the default bounds (256 entries, 16 MiB). Default: off. */
+  responseCache?: boolean | ResponseCacheOptions;
+  /** With a Hugging Face reference (`hf:owner/repo[@revision][:type]`, `hf:owner/repo/file.gguf`, an https URL):
+   * download (and convert) it when there is no local copy. Default: false — a missing copy is ERR_MODEL_NOT_PULLED. */
+  pull?: boolean;
+  /** With a reference: the output type to use or pull. Default: the local copy's, else "q4_k_m". */
+  type?: OutputType;
+  /** With `pull`: download and conversion progress. */
+  onPullProgress?: (progress: PullProgress) => void;
   /** Called with the loaded fraction, 0 to 1. */
   onProgress?: (fraction: number) => void;
   /** Aborts loading; the promise rejects with an AbortError (code ABORT_ERR). */
@@ -82,8 +125,18 @@ export interface SamplingOptions {
   stop?: string | string[];
   /** Keep generating through end-of-generation tokens (for benchmarks). Default: false. */
   ignoreEos?: boolean;
-  /** Reuse the tokens the context already holds when the prompt starts with them. Default: true. */
+  /** Start from the longest prefix of the prompt that the KV cache holds (the prefix cache). Default: true. */
   cachePrompt?: boolean;
+  /** Constrain the output with a GBNF grammar (root rule `root`), applied by llama.cpp's grammar sampler. */
+  grammar?: string;
+  /** Constrain the output to JSON valid for this JSON Schema (converted to a grammar; unsupported keywords throw ERR_SCHEMA_UNSUPPORTED). */
+  jsonSchema?: object;
+  /** Bias added to the logits of token ids before sampling (-100 bans a token). */
+  logitBias?: Record<number, number>;
+  /** Report each generated token's log-probability. Default: false. */
+  logprobs?: boolean;
+  /** With logprobs: how many most likely alternatives to report per token, 0 to 20. Default: 0. */
+  topLogprobs?: number;
   /** Stops the generation within one decode step; the stream throws an AbortError. */
   signal?: AbortSignal;
 }
@@ -93,20 +146,44 @@ export interface StreamOptions extends SamplingOptions {
   special?: boolean;
 }
 
-export type FinishReason = "stop" | "length" | "abort";
-
-export interface GenerationResult {
-  text: string;
-  /** The generated token ids. */
-  tokens: number[];
-  finishReason: FinishReason;
-  timings: { promptTokens: number; cachedTokens: number; promptMs: number; genTokens: number; genMs: number };
-}
-
 export interface ChatOptions extends SamplingOptions {
   /** Qwen3 thinking mode: true lets the model reason in `<think>…</think>` first; false uses the template's
-   * `enable_thinking=false` path. Default: true. */
+   * `enable_thinking=false` path. Default: true. With a grammar or JSON Schema, the constraint applies to the
+   * answer after `</think>`; the reasoning stays free. */
   thinking?: boolean;
+  /** Most tokens of reasoning: then `</think>` is forced and the answer follows. Default: unlimited. */
+  reasoningBudget?: number;
+  /** Functions the model may call (OpenAI's shape), rendered by the model's own template. Calls come back as
+   * `tool_call` pieces and in `result.toolCalls`. */
+  tools?: ToolDefinition[];
+  /** "auto" (default with tools): the model decides; "none": tools are not offered; "required": at least one
+   * call, enforced by a grammar over the tools' parameter schemas; `{ type: "function", function: { name } }`: that
+   * call. */
+  toolChoice?: ToolChoice;
+}
+
+export interface ClassifyOptions {
+  /** The labels to choose from (at least 2, distinct, at most 64). */
+  labels: string[];
+  /** The instruction (system message) in chat mode. Default: a sentiment instruction when the labels look like
+   * positive/negative (or 正面/负面), else "Classify … Answer with one of: …". */
+  instruction?: string;
+  /** Few-shot examples rendered as earlier turns (chat mode). */
+  examples?: { text: string; label: string }[];
+  /** true: render with the chat template (thinking off), labels follow the assistant turn's start. false: `text`
+   * is the whole prompt, used verbatim, and each label is tokenized on its own after it. Default: true. */
+  chat?: boolean;
+  signal?: AbortSignal;
+}
+
+export interface ClassifyResult {
+  label: string;
+  /** Softmax of the label scores: sums to 1. */
+  probabilities: Record<string, number>;
+  /** Each label's score: the sum of its tokens' log-probabilities after the prompt. */
+  logprobs: Record<string, number>;
+  /** true when the result came from the response cache. */
+  cached: boolean;
 }
 
 export interface ModelInfo {
@@ -150,69 +227,97 @@ function checkArchitecture(file: GgufFile, path: string): string {
 }
 
 /** Memory a model will need at a given context size, from the GGUF header alone (nothing is loaded). */
-export async function estimateMemory(path: string, options: { contextSize?: number; kvCacheType?: KvCacheType; batchSize?: number } = {}): Promise<MemoryEstimate> {
+export async function estimateMemory(path: string, options: { contextSize?: number; kvCacheType?: KvCacheType; batchSize?: number; parallel?: number; cacheSize?: number } = {}): Promise<MemoryEstimate> {
   const file = await readGguf(checkString("path", path));
   const arch = checkArchitecture(file, path);
   const n = (key: string) => metaNumber(file, `${arch}.${key}`) ?? 0;
   const contextSize = checkInt("contextSize", options.contextSize, Math.min(4096, n("context_length") || 4096), 1, 1 << 24);
   const kvType = checkOneOf("kvCacheType", options.kvCacheType, KV_CACHE_TYPES, "f16");
   const batch = checkInt("batchSize", options.batchSize, 512, 1, 1 << 16);
+  const parallel = checkInt("parallel", options.parallel, 4, 1, 64);
+  const cells = checkInt("cacheSize", options.cacheSize, contextSize * parallel, 16, 1 << 26);
   const heads = n("attention.head_count");
   const kvHeads = n("attention.head_count_kv") || heads;
   const embd = n("embedding_length");
   const keyLen = n("attention.key_length") || embd / heads;
   const valueLen = n("attention.value_length") || embd / heads;
   const bytesPerElement = { f32: 4, f16: 2, q8_0: 34 / 32, q4_0: 18 / 32 }[kvType];
-  const kvCache = Math.ceil(n("block_count") * contextSize * kvHeads * (keyLen + valueLen) * bytesPerElement);
+  // the KV cache at its fullest: every generation holding its whole context (pages are resident only once used)
+  const kvCache = Math.ceil(n("block_count") * cells * kvHeads * (keyLen + valueLen) * bytesPerElement);
   const vocab = (file.metadata.get("tokenizer.ggml.tokens")?.value as unknown[] | undefined)?.length ?? 0;
   // llama.cpp's compute buffer (flash attention): logits rows (the addon allows 32 per decode), the f16
   // attention mask of one ubatch, and activations, the feed-forward's three intermediate rows dominating
   const ubatch = Math.min(batch, 512);
-  const attentionScores = kvType === "f32" ? ubatch * contextSize * heads * 4 : 0;  // f32 runs without flash attention
-  const compute = vocab * 4 * Math.min(32, ubatch) + contextSize * ubatch * 2 + ubatch * (embd + 3 * n("feed_forward_length")) * 4 + attentionScores;
+  const attentionScores = kvType === "f32" ? ubatch * cells * heads * 4 : 0;  // f32 runs without flash attention
+  const compute = vocab * 4 * Math.max(32, parallel + 16) + cells * ubatch * 2 + ubatch * (embd + 3 * n("feed_forward_length")) * 4 + attentionScores;
   const weights = file.fileSize - file.dataOffset;
   return { weights, kvCache, compute, total: weights + kvCache + compute };
 }
 
-/** Runs tasks one after another. */
-class TaskQueue {
-  private tail: Promise<unknown> = Promise.resolve();
-  run<T>(task: () => Promise<T>): Promise<T> {
-    const result = this.tail.then(task);
-    this.tail = result.catch(() => undefined);
-    return result;
-  }
-  idle(): Promise<unknown> {
-    return this.tail;
-  }
+interface ResolvedSampling extends NativeSamplingOptions {
+  signal?: AbortSignal;
+  cachePrompt: boolean;
+  /** The caller fixed the seed (or sampling is greedy): the output is reproducible and may be cached. */
+  deterministic: boolean;
 }
 
-interface ResolvedSampling extends NativeSamplingOptions { signal?: AbortSignal }
+const MAX_LABELS = 64;
+
+/**
+ * What a recorded generation really holds in the JS heap: the result's text twice (result and pieces), a number per
+ * token, and per piece (and per log-probability entry) an object of some 100 bytes. The response cache's byte bound
+ * counts this, not just the text.
+ */
+function recordedBytes(r: RecordedGeneration): number {
+  let bytes = 4 * r.result.text.length + 16 * r.result.tokens.length + 512;
+  for (const p of r.pieces) bytes += 120 + (p.logprobs?.length ?? 0) * 400;
+  return bytes;
+}
+
+/** Runs a grammar builder; a schema nested deeper than the stack allows is the caller's error, not a crash. */
+function buildGrammar(what: string, build: () => string): string {
+  try {
+    return build();
+  } catch (err) {
+    if (err instanceof RangeError) throw new QwenError("ERR_SCHEMA_UNSUPPORTED", `${what}: the schema is nested too deeply to convert to a grammar`, { cause: err });
+    throw err;
+  }
+}
+const SENTIMENT_LABELS = [/^(positive|negative|neutral)$/i, /^(正面|负面|中性|积极|消极)$/];
 
 export class Model {
   readonly path: string;
   readonly info: ModelInfo;
-  /** Context size in tokens that this model was loaded with. */
+  /** Tokens one generation may hold (prompt + reply). */
   readonly contextSize: number;
   private readonly file: GgufFile;
   private readonly nativeModel: NativeModel;
-  private readonly session: NativeSession;
-  private readonly queue = new TaskQueue();
+  private readonly context: Context;
   private readonly defaults: Partial<NativeSamplingOptions>;
   /** Text of the end-of-sequence token, for chat templates' `eos_token`. */
   private readonly eosText: string;
+  private readonly thinkEnd: number;
+  /** Bytes of the longest token (bounds a prompt's size before it is tokenized). */
+  private readonly maxTokenBytes: number;
+  private readonly responses: ResponseCache<RecordedGeneration | ClassifyResult> | undefined;
+  /** Identity of the model file (hash of its header and size) for cache keys. */
+  readonly identity: string;
   private disposed = false;
-  private active: GenerationStream | undefined;
 
   /** @internal use loadModel() */
-  constructor(path: string, file: GgufFile, nativeModel: NativeModel, session: NativeSession, contextSize: number) {
+  constructor(path: string, file: GgufFile, nativeModel: NativeModel, context: Context, contextSize: number, identity: string, responses?: ResponseCache<RecordedGeneration | ClassifyResult>) {
     this.path = path;
     this.file = file;
     this.nativeModel = nativeModel;
-    this.session = session;
+    this.context = context;
     this.contextSize = contextSize;
+    this.identity = identity;
+    this.responses = responses;
     const ni = nativeModel.info();
     this.eosText = ni.eos >= 0 ? nativeModel.tokenPiece(ni.eos, true).toString("utf8") : "";
+    this.maxTokenBytes = Math.max(1, ni.maxTokenBytes);
+    const thinkEnd = nativeModel.tokenize("</think>", true);
+    this.thinkEnd = thinkEnd.length === 1 ? thinkEnd[0] : -1;
     const arch = metaString(file, "general.architecture")!;
     this.info = {
       architecture: arch,
@@ -237,6 +342,17 @@ export class Model {
 
   private assertUsable() {
     if (this.disposed) throw new QwenError("ERR_DISPOSED", "the model was disposed");
+  }
+
+  /**
+   * Refuses text that cannot fit the context whatever its tokens, before tokenizing it: tokenizing runs on the
+   * calling thread, and megabytes of text would stall the event loop for seconds.
+   */
+  private checkPromptBytes(text: string) {
+    const bytes = Buffer.byteLength(text);
+    if (bytes > this.contextSize * this.maxTokenBytes) {
+      throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${bytes} bytes: more than the context size of ${this.contextSize} tokens can hold (at most ${this.maxTokenBytes} bytes a token)`);
+    }
   }
 
   /** Text → token ids. `special: true` parses special tokens such as `<|im_start|>` in the text. */
@@ -266,31 +382,69 @@ export class Model {
     return out;
   }
 
-  /**
-   * Logits of every position: a Float32Array of `tokens.length × info.vocabSize`, row-major
-   * (row i holds the scores of the token that follows tokens[0..i]).
-   */
-  async logits(tokens: readonly number[] | Int32Array): Promise<Float32Array> {
-    this.assertUsable();
-    const ids = this.toTokenArray("tokens", tokens);
-    if (ids.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "tokens is empty");
-    if (ids.length > this.contextSize) throw new QwenError("ERR_CONTEXT_OVERFLOW", `${ids.length} tokens do not fit the context of ${this.contextSize} tokens`);
-    return this.queue.run(async () => {
-      this.assertUsable();
+  /** Runs one request on the engine and resolves with its `done` event. */
+  private runRequest(request: Omit<NativeRequest, "id">, signal?: AbortSignal) {
+    return new Promise<{ floats?: Float32Array }>((resolve, reject) => {
+      if (signal?.aborted) return reject(abortError(signal));
+      let id = 0;
+      const onAbort = () => {
+        this.context.forget(id);
+        reject(abortError(signal));
+      };
+      signal?.addEventListener("abort", onAbort, { once: true });
+      const cleanup = () => signal?.removeEventListener("abort", onAbort);
       try {
-        return await this.session.logits(ids);
+        id = this.context.submit(request, {
+          onDone: (r) => {
+            cleanup();
+            if (r.finishReason === "abort") reject(new QwenError("ERR_DISPOSED", "the model was disposed during the request"));
+            else resolve(r);
+          },
+          onError: (err) => {
+            cleanup();
+            reject(err);
+          },
+        });
       } catch (err) {
-        throw fromNative(err);
+        cleanup();
+        reject(err);
       }
     });
   }
 
-  private resolveSampling(options: unknown): ResolvedSampling {
+  /**
+   * Logits of every position: a Float32Array of `tokens.length × info.vocabSize`, row-major
+   * (row i holds the scores of the token that follows tokens[0..i]). Runs on its own sequence beside generations.
+   */
+  async logits(tokens: readonly number[] | Int32Array, options: { signal?: AbortSignal } = {}): Promise<Float32Array> {
+    this.assertUsable();
+    const ids = this.toTokenArray("tokens", tokens);
+    const signal = checkSignal("signal", optionalObject<{ signal?: AbortSignal }>("options", options).signal);
+    if (ids.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "tokens is empty");
+    if (ids.length > this.contextSize) throw new QwenError("ERR_CONTEXT_OVERFLOW", `${ids.length} tokens do not fit the context of ${this.contextSize} tokens`);
+    const r = await this.runRequest({ kind: "logits", prompt: ids, cachePrompt: false }, signal);
+    return r.floats!;
+  }
+
+  private resolveSampling(options: unknown, thinking?: { on: boolean; budget: number }): ResolvedSampling {
     const o = optionalObject<StreamOptions>("options", options);
     const d = this.defaults;
+    const temperature = checkNumber("temperature", o.temperature, d.temperature ?? 0.8, 0, 100);
+    const logprobs = checkBool("logprobs", o.logprobs, false);
+    const topLogprobs = checkInt("topLogprobs", o.topLogprobs, 0, 0, 20);
+    if (o.grammar !== undefined && o.jsonSchema !== undefined) throw new QwenError("ERR_INVALID_ARG_VALUE", "grammar and jsonSchema cannot both be given");
+    // a user's GBNF is parsed here first: llama.cpp only logs its parse errors
+    const grammar = o.jsonSchema !== undefined ? buildGrammar("jsonSchema", () => jsonSchemaToGbnf(o.jsonSchema)) : o.grammar === undefined ? undefined : checkString("grammar", o.grammar);
+    if (o.grammar !== undefined) parseGbnf(grammar!);
+    const bias = optionalObject<Record<string, number>>("logitBias", o.logitBias);
+    const logitBias: [number, number][] = Object.entries(bias).map(([token, value]) => {
+      const id = Number(token);
+      if (!Number.isInteger(id) || id < 0 || id >= this.info.vocabSize) throw new QwenError("ERR_OUT_OF_RANGE", `logitBias key ${token} is not a token id (0..${this.info.vocabSize - 1})`);
+      return [id, checkNumber(`logitBias[${token}]`, value, 0, -100, 100)];
+    });
     return {
       maxTokens: checkInt("maxTokens", o.maxTokens, 512, 1, 1 << 24),
-      temperature: checkNumber("temperature", o.temperature, d.temperature ?? 0.8, 0, 100),
+      temperature,
       topK: checkInt("topK", o.topK, d.topK ?? 40, 0, 1 << 24),
       topP: checkNumber("topP", o.topP, d.topP ?? 0.95, 0, 1),
       minP: checkNumber("minP", o.minP, d.minP ?? 0.05, 0, 1),
@@ -303,7 +457,58 @@ export class Model {
       ignoreEos: checkBool("ignoreEos", o.ignoreEos, false),
       cachePrompt: checkBool("cachePrompt", o.cachePrompt, true),
       signal: checkSignal("signal", o.signal),
+      logitBias: logitBias.length ? logitBias : undefined,
+      grammar,
+      logprobs: logprobs ? topLogprobs : -1,
+      thinkEnd: this.thinkEnd,
+      grammarAfterThink: grammar !== undefined && !!thinking?.on,
+      reasoningBudget: thinking?.on ? thinking.budget : -1,
+      deterministic: temperature === 0 || o.seed !== undefined,
     };
+  }
+
+  private convertLogprobs = (list: NativeTokenLogprob[]): TokenLogprob[] => {
+    const alt = (id: number, logprob: number) => {
+      const bytes = this.nativeModel.tokenPiece(id, false);
+      return { token: bytes.toString("utf8"), id, logprob, bytes: Array.from(bytes) };
+    };
+    return list.map((t) => ({ ...alt(t.id, t.logprob), top: t.top.map((a) => alt(a.id, a.logprob)) }));
+  };
+
+  /** Starts a generation over `tokenize()`'s prompt: the engine, or the response cache when it holds the result. */
+  private generation(tokenize: () => Int32Array, sampling: ResolvedSampling) {
+    const { signal, cachePrompt, deterministic, ...nativeOptions } = sampling;
+    return generationIterable<Piece>((settle) => {
+      let prompt: Int32Array | undefined;
+      let failure: unknown;
+      try {
+        prompt = tokenize();
+        if (prompt.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "the prompt is empty (no tokens)");
+        if (prompt.length + 1 > this.contextSize) {
+          throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${prompt.length} tokens; with at least 1 token of reply it does not fit the context size of ${this.contextSize} tokens`);
+        }
+      } catch (err) {
+        failure = err;
+      }
+      // seed only matters when sampling is random; the key omits it for greedy requests
+      const { seed, ...keyOptions } = nativeOptions;
+      const key = this.responses && deterministic && prompt ? ResponseCache.key([this.identity, "generate", prompt, keyOptions, sampling.temperature === 0 ? 0 : seed]) : undefined;
+      const cached = key ? this.responses!.get(key) : undefined;
+      return new GenerationStream(
+        {
+          context: this.context,
+          request: () => {
+            if (failure) throw failure;
+            return { kind: "generate", prompt: prompt!, sampling: nativeOptions, cachePrompt };
+          },
+          convertLogprobs: this.convertLogprobs,
+          replay: cached && "pieces" in cached ? cached : undefined,
+          record: key ? (r) => this.responses!.set(key, r, recordedBytes(r)) : undefined,
+        },
+        signal,
+        settle,
+      );
+    });
   }
 
   /**
@@ -311,11 +516,17 @@ export class Model {
    * `break`, `signal.abort()` and `maxTokens` stop the work within one decode step.
    */
   stream(prompt: string, options: StreamOptions = {}): AsyncIterable<string> & { result: Promise<GenerationResult> } {
+    const inner = this.complete(prompt, options);
+    return { result: inner.result, [Symbol.asyncIterator]: () => mapIterator(inner[Symbol.asyncIterator](), (p) => p.text) };
+  }
+
+  /** Like stream(), with pieces as `{ text, logprobs? }` (for `logprobs: true`). */
+  complete(prompt: string, options: StreamOptions = {}): AsyncIterable<Piece> & { result: Promise<GenerationResult> } {
     this.assertUsable();
     checkString("prompt", prompt);
     const special = checkBool("special", optionalObject<StreamOptions>("options", options).special, true);
-    const sampling = this.resolveSampling(options);
-    return this.startGeneration(() => this.nativeModel.tokenize(prompt, special), sampling);
+    this.checkPromptBytes(prompt);
+    return this.generation(() => this.nativeModel.tokenize(prompt, special), this.resolveSampling(options));
   }
 
   /** Generates a whole reply: text, token ids, why it stopped and timings. */
@@ -327,97 +538,133 @@ export class Model {
     return stream.result;
   }
 
+  /** Renders messages with the GGUF's chat template (and `tools` in its tool section). */
+  renderChat(messages: ChatMessage[], options: { thinking?: boolean; tools?: ToolDefinition[] } = {}): string {
+    this.assertUsable();
+    const template = this.info.chatTemplate;
+    if (!template) throw new QwenError("ERR_CHAT_TEMPLATE", `${this.path} has no tokenizer.chat_template`);
+    const thinking = options.thinking ?? true;
+    let prompt = renderChat(template, messages, { thinking, bosToken: "", eosToken: this.eosText, tools: options.tools });
+    // Qwen3's hybrid template leaves the start of the thinking block to the model, which always writes
+    // "<think>\n" first. Writing it into the prompt makes the reasoning/answer split, the reasoning budget and a
+    // grammar that waits for </think> exact even when the model does not (random weights, a model fine-tuned away).
+    if (thinking && this.thinkEnd >= 0 && template.includes("enable_thinking") && !/<think>\s*$/.test(prompt)) prompt += "<think>\n";
+    return prompt;
+  }
+
   /**
    * Chat with the model's own template (`tokenizer.chat_template` in the GGUF). Pieces are tagged as
-   * "reasoning" (inside `<think>…</think>`) or "answer".
+   * "reasoning" (inside `<think>…</think>`), "answer", or "tool_call" (with `tools`).
    */
-  chat(messages: ChatMessage[], options: ChatOptions = {}): AsyncIterable<ChatPiece> & { result: Promise<GenerationResult> } {
+  chat(messages: ChatMessage[], options: ChatOptions = {}): AsyncIterable<ChatPiece> & { result: Promise<GenerationResult & { toolCalls?: ToolCall[] }> } {
     this.assertUsable();
     const o = optionalObject<ChatOptions>("options", options);
     const thinking = checkBool("thinking", o.thinking, true);
-    const template = this.info.chatTemplate;
-    if (!template) throw new QwenError("ERR_CHAT_TEMPLATE", `${this.path} has no tokenizer.chat_template`);
-    const prompt = renderChat(template, messages, { thinking, bosToken: "", eosToken: this.eosText });
-    const sampling = this.resolveSampling(options);
-    const inner = this.startGeneration(() => this.nativeModel.tokenize(prompt, true), sampling);
+    const budget = checkInt("reasoningBudget", o.reasoningBudget, -1, -1, 1 << 24);
+    const tools = o.tools === undefined ? [] : validateTools(o.tools);
+    const choice = tools.length ? validateToolChoice(o.toolChoice, tools) : "none";
+    const offered = tools.length > 0 && choice !== "none";
+    let sampleOptions: ChatOptions = options;
+    if (offered && choice !== "auto") {
+      if (o.grammar !== undefined || o.jsonSchema !== undefined) throw new QwenError("ERR_INVALID_ARG_VALUE", `toolChoice ${JSON.stringify(choice)} cannot be combined with grammar or jsonSchema`);
+      sampleOptions = { ...options, grammar: buildGrammar("tools", () => toolCallGrammar(tools, choice)) };
+    }
+    const prompt = this.renderChat(messages, { thinking, tools: offered ? tools : undefined });
+    this.checkPromptBytes(prompt);
+    const sampling = this.resolveSampling(sampleOptions, { on: thinking, budget });
+    const inner = this.generation(() => this.nativeModel.tokenize(prompt, true), sampling);
     const startsInReasoning = /<think>\s*$/.test(prompt);
-    return { [Symbol.asyncIterator]: () => splitReasoning(inner[Symbol.asyncIterator](), startsInReasoning), result: inner.result };
-  }
-
-  private startGeneration(tokenizePrompt: () => Int32Array, sampling: ResolvedSampling) {
-    const model = this;
-    let started = false;
-    let stream: GenerationStream | undefined;
-    let settleResult!: { resolve: (r: GenerationResult) => void; reject: (e: unknown) => void };
-    const result = new Promise<GenerationResult>((resolve, reject) => (settleResult = { resolve, reject }));
-    result.catch(() => undefined); // the iterator reports the error; an unobserved result promise must not crash
+    const calls: ToolCall[] = [];
+    const result = inner.result.then((r) => (offered ? { ...r, toolCalls: calls } : r));
+    result.catch(() => undefined);
     return {
+      [Symbol.asyncIterator]: () => splitReasoning(inner[Symbol.asyncIterator](), startsInReasoning, { tools: offered, onToolCall: (c) => calls.push(c) }),
       result,
-      [Symbol.asyncIterator](): AsyncIterator<string> {
-        if (started) throw new QwenError("ERR_INVALID_STATE", "a generation stream can be iterated only once");
-        started = true;
-        stream = new GenerationStream(model, tokenizePrompt, sampling, settleResult);
-        return stream;
-      },
     };
   }
 
-  /** @internal runs one generation on the queue; resolves when the native side is finished with the context. */
-  runGeneration(stream: GenerationStream, tokenizePrompt: () => Int32Array, sampling: ResolvedSampling): Promise<void> {
-    return this.queue.run(
-      () =>
-        new Promise<void>((resolve) => {
-          if (this.disposed) {
-            stream.fail(new QwenError("ERR_DISPOSED", "the model was disposed"));
-            return resolve();
-          }
-          if (stream.cancelled) return resolve(stream.finishCancelled());
-          let prompt: Int32Array;
-          try {
-            prompt = tokenizePrompt();
-            if (prompt.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "the prompt is empty (no tokens)");
-            if (prompt.length + 1 > this.contextSize) {
-              throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${prompt.length} tokens; with at least 1 token of reply it does not fit the context size of ${this.contextSize} tokens`);
-            }
-          } catch (err) {
-            stream.fail(fromNative(err));
-            return resolve();
-          }
-          const { signal, ...nativeOptions } = sampling;
-          this.active = stream;
-          stream.started = true;
-          try {
-            this.session.generate(prompt, nativeOptions, (kind, payload) => {
-              if (kind === "piece") return stream.push(payload as string);
-              this.active = undefined;
-              if (kind === "done") stream.finish(payload as NativeGenerationResult);
-              else stream.fail(fromNative(payload));
-              resolve();
-            });
-          } catch (err) {
-            this.active = undefined;
-            stream.fail(fromNative(err));
-            resolve();
-          }
-        }),
-    );
+  /**
+   * Classifies `text` into one of `labels` exactly: each label's score is the sum of its tokens' log-probabilities
+   * after the prompt, and the probabilities are the softmax of the scores. The prompt is decoded once (or taken
+   * from the prefix cache); the labels are scored on sequences that share its cells, in one batch.
+   */
+  async classify(text: string, options: ClassifyOptions): Promise<ClassifyResult> {
+    this.assertUsable();
+    checkString("text", text);
+    const o = optionalObject<ClassifyOptions>("options", options);
+    const labels = o.labels;
+    if (!Array.isArray(labels) || labels.length < 2 || labels.some((l) => typeof l !== "string" || l === "")) {
+      throw new QwenError("ERR_INVALID_ARG_VALUE", "labels must be an array of at least 2 non-empty strings");
+    }
+    if (labels.length > MAX_LABELS) throw new QwenError("ERR_OUT_OF_RANGE", `at most ${MAX_LABELS} labels, got ${labels.length}`);
+    if (new Set(labels).size !== labels.length) throw new QwenError("ERR_INVALID_ARG_VALUE", "labels must be distinct");
+    const chat = checkBool("chat", o.chat, true);
+    const signal = checkSignal("signal", o.signal);
+    this.checkPromptBytes(text);
+    let prompt: Int32Array;
+    if (chat) {
+      const sentiment = labels.every((l) => SENTIMENT_LABELS.some((re) => re.test(l)));
+      const instruction = o.instruction === undefined
+        ? sentiment
+          ? `Classify the sentiment of the user's message. Answer with exactly one word: ${labels.join(" or ")}.`
+          : `Classify the user's message. Answer with exactly one of: ${labels.join(", ")}.`
+        : checkString("instruction", o.instruction);
+      const examples = o.examples ?? [];
+      if (!Array.isArray(examples)) throw new QwenError("ERR_INVALID_ARG_TYPE", "examples must be an array of { text, label }");
+      const messages: ChatMessage[] = [{ role: "system", content: instruction }];
+      examples.forEach((e, i) => {
+        if (!e || typeof e.text !== "string" || typeof e.label !== "string") throw new QwenError("ERR_INVALID_ARG_TYPE", `examples[${i}] must be { text: string, label: string }`);
+        messages.push({ role: "user", content: e.text }, { role: "assistant", content: e.label });
+      });
+      messages.push({ role: "user", content: text });
+      prompt = this.nativeModel.tokenize(this.renderChat(messages, { thinking: false }), true);
+    } else {
+      prompt = this.nativeModel.tokenize(text, true);
+    }
+    if (prompt.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "the text is empty (no tokens)");
+    const labelTokens = labels.map((l) => this.nativeModel.tokenize(l, false));
+    const longest = Math.max(...labelTokens.map((t) => t.length));
+    if (prompt.length + longest > this.contextSize) {
+      throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${prompt.length} tokens and the longest label ${longest}: more than the context size of ${this.contextSize} tokens`);
+    }
+    const key = this.responses ? ResponseCache.key([this.identity, "classify", prompt, labelTokens]) : undefined;
+    const hit = key ? this.responses!.get(key) : undefined;
+    if (hit && "label" in hit) return { ...hit, probabilities: { ...hit.probabilities }, logprobs: { ...hit.logprobs }, cached: true };
+    const r = await this.runRequest({ kind: "score", prompt, labels: labelTokens }, signal);
+    const floats = r.floats!;
+    const scores: number[] = [];
+    let at = 0;
+    for (const t of labelTokens) {
+      let sum = 0;
+      for (let k = 0; k < t.length; k++) sum += floats[at++];
+      scores.push(sum);
+    }
+    const max = Math.max(...scores);
+    const exps = scores.map((s) => Math.exp(s - max));
+    const total = exps.reduce((a, b) => a + b, 0);
+    const result: ClassifyResult = { label: labels[scores.indexOf(max)], probabilities: {}, logprobs: {}, cached: false };
+    labels.forEach((l, i) => {
+      result.probabilities[l] = exps[i] / total;
+      result.logprobs[l] = scores[i];
+    });
+    if (key) this.responses!.set(key, result, 64 * labels.length + 256);
+    return result;
   }
 
-  /** Stops the running generation if it is `stream`'s (or any, when no stream is given: dispose). */
-  abortActive(stream?: GenerationStream) {
-    if (this.active && (!stream || this.active === stream)) this.session.abort();
+  /** A multi-turn conversation that keeps its history and reuses its KV cache between turns. */
+  createChat(options: ChatSessionOptions = {}): ChatSession {
+    this.assertUsable();
+    return new ChatSession(this, options);
   }
 
   /**
-   * Frees the context and the weights. Safe to call twice, and during a generation: the generation stops within
-   * one decode step and its stream ends with an ERR_DISPOSED error.
+   * Frees the context and the weights. Safe to call twice, and during generations: they stop within one decode
+   * step and end with an ERR_DISPOSED error, as do calls still waiting.
    */
   async dispose(): Promise<void> {
     if (this.disposed) return;
     this.disposed = true;
-    this.abortActive();
-    await this.queue.idle();
-    this.session.dispose();
+    await this.context.dispose();
     this.nativeModel.dispose();
   }
 
@@ -425,15 +672,39 @@ export class Model {
     await this.dispose();
   }
 
-  /** Tokens held in the context from the previous call (reused when the next prompt starts with them). */
+  /** The engine now: generations running and waiting, cached tokens, KV cells in use, cache counters. */
+  stats() {
+    this.assertUsable();
+    const s = this.context.stats();
+    return {
+      parallel: s.parallel,
+      active: s.active,
+      /** Calls waiting for a generation slot (JS side: counts a call from the moment it is made). */
+      queued: this.context.queued,
+      /** Tokens held by all sequences (shared cells counted once per sequence). */
+      cachedTokens: s.cachedTokens,
+      idleSequences: s.idleSequences,
+      kvCells: s.kvCells,
+      kvCellsUsed: s.kvCellsUsed,
+      /** llama_decode calls so far. */
+      decodes: s.decodes,
+      promptCache: { hits: s.promptCacheHits, stored: s.promptCacheStored, bytes: s.promptCacheBytes },
+      responseCache: this.responses ? { hits: this.responses.hits, misses: this.responses.misses, entries: this.responses.size, bytes: this.responses.byteSize } : undefined,
+    };
+  }
+
+  /** Tokens held in the KV cache by all sequences (the prefix cache). */
   get cachedTokens(): number {
-    return this.session.stats().cachedTokens;
+    return this.context.stats().cachedTokens;
   }
 
   /** Threads and sizes the native context runs with. */
   get runtime() {
-    const s = this.session.stats();
-    return { threads: s.threads, threadsBatch: s.threadsBatch, contextSize: s.contextSize, batchSize: s.batchSize, stateBytes: s.stateBytes };
+    const s = this.context.stats();
+    return {
+      threads: s.threads, threadsBatch: s.threadsBatch, contextSize: s.contextSize, batchSize: s.batchSize, stateBytes: s.stateBytes,
+      parallel: s.parallel, cacheSize: s.kvCells, sequences: s.sequences,
+    };
   }
 
   get isDisposed() {
@@ -441,118 +712,110 @@ export class Model {
   }
 }
 
-/** The async iterator of one generation: a buffer of pieces filled by native events. */
-class GenerationStream implements AsyncIterator<string> {
-  private pieces: string[] = [];
-  private text = "";
-  private waiter: { resolve: (r: IteratorResult<string>) => void; reject: (e: unknown) => void } | undefined;
-  private ended = false;
-  private error: unknown;
-  cancelled = false;
-  /** Set by the queue when the native generation begins. */
-  started = false;
-  private readonly ran: Promise<void>;
-  private readonly onAbort: () => void;
+export interface ChatSessionOptions {
+  /** The system message, always kept. */
+  system?: string;
+  /** Most earlier turns (a user message and its reply) sent with each new message. Default: unlimited (bounded by the context). */
+  maxTurns?: number;
+  /** Qwen3 thinking. Default: true. */
+  thinking?: boolean;
+}
 
-  constructor(
-    private readonly model: Model,
-    tokenizePrompt: () => Int32Array,
-    private readonly sampling: ResolvedSampling,
-    private readonly settle: { resolve: (r: GenerationResult) => void; reject: (e: unknown) => void },
-  ) {
-    this.onAbort = () => this.cancel(abortError(sampling.signal));
-    if (sampling.signal?.aborted) this.cancel(abortError(sampling.signal));
-    else sampling.signal?.addEventListener("abort", this.onAbort, { once: true });
-    this.ran = model.runGeneration(this, tokenizePrompt, sampling);
+/**
+ * A conversation: keeps the system message and the last `maxTurns` turns, and sends them with each message. The
+ * prefix cache finds the earlier turns in the KV cache, so each turn decodes only what is new. When the history
+ * no longer fits the context (with room for `maxTokens` of reply), the oldest turns are dropped, never the system
+ * message.
+ */
+export class ChatSession {
+  private turns: { user: string; assistant: string }[] = [];
+  private readonly system: string | undefined;
+  private readonly maxTurns: number;
+  private thinkingDefault: boolean;
+
+  /** @internal use model.createChat() */
+  constructor(private readonly model: Model, options: ChatSessionOptions) {
+    const o = optionalObject<ChatSessionOptions>("options", options);
+    this.system = o.system === undefined ? undefined : checkString("system", o.system);
+    this.maxTurns = checkInt("maxTurns", o.maxTurns, Number.MAX_SAFE_INTEGER, 0, Number.MAX_SAFE_INTEGER);
+    this.thinkingDefault = checkBool("thinking", o.thinking, true);
   }
 
-  push(piece: string) {
-    if (this.cancelled) return;
-    this.text += piece;
-    if (this.waiter) {
-      const w = this.waiter;
-      this.waiter = undefined;
-      w.resolve({ value: piece, done: false });
-    } else {
-      this.pieces.push(piece);
+  /** The messages kept: the system message and the last turns. */
+  get history(): ChatMessage[] {
+    return this.messagesWith(this.turns);
+  }
+
+  private messagesWith(turns: { user: string; assistant: string }[], next?: string): ChatMessage[] {
+    const out: ChatMessage[] = this.system !== undefined ? [{ role: "system", content: this.system }] : [];
+    for (const t of turns) out.push({ role: "user", content: t.user }, { role: "assistant", content: t.assistant });
+    if (next !== undefined) out.push({ role: "user", content: next });
+    return out;
+  }
+
+  /** The messages that send(content) would render now (the system message, the kept turns, the new message). */
+  messagesFor(content: string, options: { thinking?: boolean; maxTokens?: number } = {}): ChatMessage[] {
+    let turns = this.turns.slice(-this.maxTurns || this.turns.length);
+    if (this.maxTurns === 0) turns = [];
+    const reserve = options.maxTokens ?? 1;
+    while (turns.length && this.model.tokenize(this.model.renderChat(this.messagesWith(turns, content), { thinking: options.thinking ?? this.thinkingDefault }), { special: true }).length + reserve > this.model.contextSize) {
+      turns = turns.slice(1);
     }
+    return this.messagesWith(turns, content);
   }
 
-  finish(r: NativeGenerationResult) {
-    if (r.finishReason === "abort") {
-      // not by the consumer: dispose() stopped it
-      if (!this.cancelled) return this.fail(new QwenError("ERR_DISPOSED", "the model was disposed during the generation"));
-      // an AbortSignal rejects `result` too (as fetch does); `break` resolves it with the text so far
-      if (!this.cancelledByReturn) return this.fail(this.error);
-    }
-    this.settle.resolve({
-      text: this.text,
-      tokens: Array.from(r.tokens),
-      finishReason: r.finishReason,
-      timings: { promptTokens: r.promptTokens, cachedTokens: r.cachedTokens, promptMs: r.promptMs, genTokens: r.tokens.length, genMs: r.genMs },
-    });
-    this.end();
+  /** Sends a message; streams the reply's pieces. The turn is kept once the reply ends (also when stopped by `break`). */
+  send(content: string, options: ChatOptions = {}): AsyncIterable<ChatPiece> & { result: Promise<GenerationResult> } {
+    checkString("content", content);
+    const thinking = options.thinking ?? this.thinkingDefault;
+    const stream = this.model.chat(this.messagesFor(content, { thinking, maxTokens: options.maxTokens }), { ...options, thinking });
+    stream.result.then(
+      (r) => {
+        this.turns.push({ user: content, assistant: r.text.replace(/^[\s\S]*<\/think>\s*/, "") });
+        if (this.turns.length > this.maxTurns) this.turns = this.turns.slice(this.turns.length - this.maxTurns);
+      },
+      () => undefined,
+    );
+    return stream;
   }
 
-  fail(err: unknown) {
-    if (!this.error) this.error = err;
-    this.settle.reject(this.error);
-    this.end();
+  /** Forgets the turns (the system message stays). */
+  reset(): void {
+    this.turns = [];
   }
 
-  /** Settles a stream cancelled before it started: the same outcome as for a running one. */
-  finishCancelled() {
-    if (this.ended) return;
-    if (!this.cancelledByReturn) return this.fail(this.error ?? abortError());
-    this.finish({ finishReason: "abort", tokens: new Int32Array(0), promptTokens: 0, cachedTokens: 0, promptMs: 0, genMs: 0 });
+  set thinking(on: boolean) {
+    this.thinkingDefault = checkBool("thinking", on, true);
   }
 
-  private end() {
-    this.ended = true;
-    this.sampling.signal?.removeEventListener("abort", this.onAbort);
-    const w = this.waiter;
-    this.waiter = undefined;
-    if (!w) return;
-    if (this.error && !this.cancelledByReturn) w.reject(this.error);
-    else w.resolve({ value: undefined, done: true });
-  }
-
-  private cancelledByReturn = false;
-
-  private cancel(err: unknown) {
-    if (this.ended || this.cancelled) return;
-    this.cancelled = true;
-    this.error = err;
-    this.pieces = [];
-    if (this.started) this.model.abortActive(this);
-    else this.finishCancelled(); // still queued: settle now, the queue skips it when its turn comes
-  }
-
-  next(): Promise<IteratorResult<string>> {
-    if (this.pieces.length) return Promise.resolve({ value: this.pieces.shift()!, done: false });
-    if (this.ended || this.cancelled) {
-      if (this.error && !this.cancelledByReturn) return Promise.reject(this.error);
-      return Promise.resolve({ value: undefined, done: true });
-    }
-    return new Promise((resolve, reject) => (this.waiter = { resolve, reject }));
-  }
-
-  /** `break` in for-await: stop the native work at once and wait until the context is free again. */
-  async return(): Promise<IteratorResult<string>> {
-    if (!this.ended) {
-      this.cancelledByReturn = true;
-      this.cancel(abortError());
-    }
-    if (this.started) await this.ran; // a queued stream never touched the context: no need to wait for those ahead
-    return { value: undefined, done: true };
+  get thinking(): boolean {
+    return this.thinkingDefault;
   }
 }
 
-/** Loads a Qwen GGUF model and creates its context. */
-export async function loadModel(path: string, options: LoadModelOptions = {}): Promise<Model> {
-  checkString("path", path);
+/** A short identity of a GGUF file: a hash of its header (metadata and tensor table) and size. */
+async function fileIdentity(path: string, file: GgufFile): Promise<string> {
+  const handle = await open(path, "r");
+  try {
+    const header = Buffer.alloc(Math.min(file.dataOffset, 64 << 20));
+    await handle.read(header, 0, header.length, 0);
+    return createHash("sha256").update(header).update(String(file.fileSize)).digest("hex").slice(0, 32);
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Loads a Qwen GGUF model and creates its context and engine. `path` is a GGUF file or a model reference
+ * (`hf:…`, an https URL to a GGUF) whose local copy is used, pulled first only with `pull: true`.
+ */
+export async function loadModel(pathOrReference: string, options: LoadModelOptions = {}): Promise<Model> {
+  checkString("path", pathOrReference);
   const o = optionalObject<LoadModelOptions>("options", options);
   const signal = checkSignal("signal", o.signal);
+  const path = isReference(pathOrReference)
+    ? await resolveModel(pathOrReference, { pull: checkBool("pull", o.pull, false), type: o.type, onProgress: checkFunction("onPullProgress", o.onPullProgress), signal })
+    : pathOrReference;
   const onProgress = checkFunction<(fraction: number) => void>("onProgress", o.onProgress);
   const threads = checkInt("threads", o.threads, availableParallelism(), 1, 1024);
   const threadsBatch = checkInt("threadsBatch", o.threadsBatch, threads, 1, 1024);
@@ -560,12 +823,25 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   const kvCacheType = checkOneOf("kvCacheType", o.kvCacheType, KV_CACHE_TYPES, "f16");
   const mmap = checkBool("mmap", o.mmap, false);
   const poll = checkInt("poll", o.poll, 50, 0, 100);
+  const parallel = checkInt("parallel", o.parallel, 4, 1, 64);
+  const maxQueue = checkNumber("maxQueue", o.maxQueue, Infinity, 0, Infinity);
   const requestedContext = checkInt("contextSize", o.contextSize, 0, 0, 1 << 24);
   if (o.contextSize !== undefined && requestedContext < 16) throw new QwenError("ERR_OUT_OF_RANGE", `contextSize must be at least 16, got ${requestedContext}`);
+  const promptCache = optionalObject<{ maxBytes?: number; dir?: string }>("promptCache", o.promptCache);
+  const promptCacheDir = promptCache.dir === undefined ? undefined : checkString("promptCache.dir", promptCache.dir);
+  const promptCacheBytes = checkInt("promptCache.maxBytes", promptCache.maxBytes, o.promptCache ? 256 << 20 : 0, 0, Number.MAX_SAFE_INTEGER);
+  const responseCacheOptions = o.responseCache === true ? {} : o.responseCache === false || o.responseCache === undefined ? undefined : optionalObject<ResponseCacheOptions>("responseCache", o.responseCache);
+  const responses = responseCacheOptions
+    ? new ResponseCache<RecordedGeneration | ClassifyResult>(
+        checkInt("responseCache.maxEntries", responseCacheOptions.maxEntries, 256, 1, 1 << 24),
+        checkInt("responseCache.maxBytes", responseCacheOptions.maxBytes, 16 << 20, 1, Number.MAX_SAFE_INTEGER),
+      )
+    : undefined;
   if (signal?.aborted) throw abortError(signal);
 
   const file = await readGguf(path);
   checkArchitecture(file, path);
+  const identity = `${await fileIdentity(path, file)}-${kvCacheType}`;
   const addon = native();
   const nativeModel = new addon.AddonModel();
   const onAbort = () => nativeModel.abortLoad();
@@ -580,19 +856,23 @@ export async function loadModel(path: string, options: LoadModelOptions = {}): P
   }
   const trained = nativeModel.info().contextLengthTrained;
   const contextSize = requestedContext || Math.min(4096, trained > 0 ? trained : 4096);
-  const session = new addon.AddonSession(nativeModel);
+  const cacheSize = checkInt("cacheSize", o.cacheSize, contextSize * parallel, contextSize, 1 << 26);
+  const nativeContext = new addon.AddonContext(nativeModel);
+  const context = new Context(nativeContext, parallel, maxQueue);
   try {
     if (signal?.aborted) throw abortError(signal);
-    await session.init({
-      contextSize, batchSize, ubatchSize: Math.min(batchSize, 512), threads, threadsBatch, poll, kvType: KV_GGML_TYPE[kvCacheType],
+    await nativeContext.init({
+      parallel, contextSize, cacheSize, batchSize, threads, threadsBatch, poll, kvType: KV_GGML_TYPE[kvCacheType],
       // CPU flash attention computes in F16; an F32 cache is asked for exactness, so it gets the plain F32 path (0 = disabled, -1 = auto)
       flashAttention: kvCacheType === "f32" ? 0 : -1,
-    });
+      promptCacheBytes, promptCacheDir, modelIdentity: identity,
+    }, context.onEvents);
   } catch (err) {
-    session.dispose();
+    nativeContext.dispose();
     nativeModel.dispose();
     throw fromNative(err);
   }
   onProgress?.(1);
-  return new Model(path, file, nativeModel, session, contextSize);
+  return new Model(path, file, nativeModel, context, contextSize, identity, responses);
 }
+export type ModelStats = ReturnType<Model["stats"]>;

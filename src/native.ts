@@ -19,6 +19,8 @@ export interface NativeModelInfo {
   bos: number;
   eos: number;
   eot: number;
+  /** Bytes of the longest token's text. */
+  maxTokenBytes: number;
   chatTemplate?: string;
 }
 
@@ -34,15 +36,6 @@ export interface NativeModel {
   isEog(token: number): boolean;
 }
 
-export interface NativeGenerationResult {
-  finishReason: "stop" | "length" | "abort";
-  tokens: Int32Array;
-  promptTokens: number;
-  cachedTokens: number;
-  promptMs: number;
-  genMs: number;
-}
-
 export interface NativeSamplingOptions {
   maxTokens: number;
   temperature: number;
@@ -55,27 +48,89 @@ export interface NativeSamplingOptions {
   penaltyLastN: number;
   seed: number;
   ignoreEos: boolean;
-  cachePrompt: boolean;
   stop: string[];
+  /** [token id, bias] pairs added to the logits before sampling. */
+  logitBias?: [number, number][];
+  /** GBNF grammar (root rule `root`) applied with llama.cpp's grammar sampler. */
+  grammar?: string;
+  /** Alternatives per token to report with log-probabilities; -1: no log-probabilities. */
+  logprobs?: number;
+  /** Token id of `</think>`: the grammar waits for it (grammarAfterThink) and the reasoning budget forces it. */
+  thinkEnd?: number;
+  grammarAfterThink?: boolean;
+  /** Tokens the model may generate before `</think>` is forced; -1: unlimited. */
+  reasoningBudget?: number;
 }
 
-export type NativeGenerationEvent =
-  | ((kind: "piece", text: string) => void)
-  | ((kind: "done", result: NativeGenerationResult) => void)
-  | ((kind: "error", error: Error) => void);
+export interface NativeTokenLogprob { id: number; logprob: number; top: { id: number; logprob: number }[] }
 
-export interface NativeSession {
-  init(options: { contextSize: number; batchSize: number; ubatchSize: number; threads: number; threadsBatch: number; poll?: number; kvType: number; flashAttention?: number }): Promise<void>;
-  generate(prompt: Int32Array, options: NativeSamplingOptions, onEvent: (kind: string, payload: unknown) => void): void;
-  logits(tokens: Int32Array): Promise<Float32Array>;
-  abort(): void;
+/** One event of the engine, delivered with all other events of the same decode step. */
+export type NativeEngineEvent =
+  | { id: number; kind: "start" }
+  | { id: number; kind: "piece"; text: string; logprobs?: NativeTokenLogprob[] }
+  | { id: number; kind: "done"; finishReason: "stop" | "length" | "abort"; tokens: Int32Array; promptTokens: number; cachedTokens: number; promptMs: number; genMs: number; floats?: Float32Array }
+  | { id: number; kind: "error"; error: Error & { code?: string } };
+
+export interface NativeRequest {
+  id: number;
+  kind: "generate" | "logits" | "score";
+  prompt: Int32Array;
+  sampling?: NativeSamplingOptions;
+  /** score: token sequences whose log-probabilities after the prompt are returned, one float per token. */
+  labels?: Int32Array[];
+  cachePrompt?: boolean;
+}
+
+export interface NativeContextOptions {
+  parallel: number;
+  contextSize: number;
+  cacheSize: number;
+  batchSize: number;
+  threads: number;
+  threadsBatch: number;
+  poll?: number;
+  kvType: number;
+  flashAttention?: number;
+  promptCacheBytes?: number;
+  promptCacheDir?: string;
+  modelIdentity?: string;
+}
+
+export interface NativeContextStats {
+  active: number;
+  queued: number;
+  idleSequences: number;
+  cachedTokens: number;
+  kvCellsUsed: number;
+  kvCells: number;
+  decodes: number;
+  promptCacheHits: number;
+  promptCacheStored: number;
+  promptCacheBytes: number;
+  parallel: number;
+  sequences: number;
+  contextSize: number;
+  batchSize: number;
+  threads: number;
+  threadsBatch: number;
+  stateBytes: number;
+}
+
+/** One llama_context and the engine thread that runs every request on it. */
+export interface NativeContext {
+  init(options: NativeContextOptions, onEvents: (events: NativeEngineEvent[]) => void): Promise<void>;
+  submit(request: NativeRequest): void;
+  cancel(id: number): void;
   dispose(): void;
-  stats(): { cachedTokens: number; contextSize: number; batchSize: number; threads: number; threadsBatch: number; stateBytes: number; busy: boolean };
+  stats(): NativeContextStats;
+  /** Keep the event loop alive while requests are in flight; let it go when none are. */
+  ref(): void;
+  unref(): void;
 }
 
 export interface NativeAddon {
   AddonModel: new () => NativeModel;
-  AddonSession: new (model: NativeModel) => NativeSession;
+  AddonContext: new (model: NativeModel) => NativeContext;
   /** Quantizes `rows` rows of F32/F16/BF16 values (`data`'s bytes, `sourceType` a ggml type) into `out`; resolves with the bytes written. */
   quantize(type: number, data: Uint8Array, sourceType: number, rows: number, rowLength: number, threads: number, out: Uint8Array): Promise<number>;
   typeInfo(type: number): { name: string; blockSize: number; typeSize: number };
@@ -86,13 +141,36 @@ export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");
 
 export interface LoadedBinary { path: string; variant: string }
 
-export type CpuFeatures = Record<"sse4_2" | "avx" | "avx2" | "fma" | "f16c" | "bmi2" | "avx512f" | "avx512bw" | "avx512dq" | "avx512vl" | "avx512vbmi" | "avx512_vnni" | "avx512_bf16", boolean>;
+export type X64Feature = "sse4_2" | "avx" | "avx2" | "fma" | "f16c" | "bmi2" | "avx512f" | "avx512bw" | "avx512dq" | "avx512vl" | "avx512vbmi" | "avx512_vnni" | "avx512_bf16";
+/** Linux's HWCAP names (as in /proc/cpuinfo). */
+export type Arm64Feature = "asimd" | "atomics" | "fphp" | "asimdhp" | "asimddp" | "i8mm" | "bf16" | "sve" | "sve2";
+/** What the probe reports: x86-64 features on x86-64, arm64 features on arm64 Linux, nothing elsewhere. */
+export type CpuFeatures = Partial<Record<X64Feature | Arm64Feature, boolean>>;
 
-/** CPU variants of the addon, fastest first, with the CPU features each needs (see CMakeLists.txt). */
-export const CPU_VARIANTS: { variant: string; needs: (keyof CpuFeatures)[] }[] = [
+export interface CpuVariant { variant: string; needs: (X64Feature | Arm64Feature)[] }
+
+/** x86-64 variants, fastest first, with the CPU features each needs (see CMakeLists.txt). */
+export const X64_VARIANTS: CpuVariant[] = [
   { variant: "avx512", needs: ["avx2", "fma", "f16c", "bmi2", "avx512f", "avx512bw", "avx512dq", "avx512vl", "avx512vbmi", "avx512_vnni", "avx512_bf16"] },
   { variant: "avx2", needs: ["avx2", "fma", "f16c", "bmi2"] },
 ];
+
+/**
+ * arm64 variants, fastest first. ggml-cpu is compiled with -march=armv8.2-a+dotprod+fp16 (and +i8mm): Armv8.2-A
+ * brings LSE atomics, which GCC then emits inline; fp16 is FP16 scalar and vector arithmetic.
+ */
+export const ARM64_VARIANTS: CpuVariant[] = [
+  { variant: "i8mm", needs: ["asimd", "atomics", "fphp", "asimdhp", "asimddp", "i8mm"] },
+  { variant: "dotprod", needs: ["asimd", "atomics", "fphp", "asimdhp", "asimddp"] },
+];
+
+/** Variants of the addon for this machine's architecture, fastest first; other architectures build "native" from source. */
+export const CPU_VARIANTS: CpuVariant[] =
+  process.arch === "x64" ? X64_VARIANTS : process.arch === "arm64" ? ARM64_VARIANTS : [{ variant: "native", needs: [] }];
+
+/** Platforms with prebuilt binaries in the package (glibc Linux only), and the glibc they were linked against. */
+export const PREBUILT_PLATFORMS = ["linux-x64", "linux-arm64"];
+export const PREBUILT_MIN_GLIBC = "2.36";
 
 const require = createRequire(import.meta.url);
 const nodeGypBuild = require("node-gyp-build") as {
@@ -149,31 +227,67 @@ export function featureNames(cpu: CpuFeatures): string[] {
   return Object.entries(cpu).filter(([, on]) => on).map(([name]) => name);
 }
 
-/** The CPU's features, from the CPUID probe (a baseline x86-64 binary that loads anywhere). */
-export function cpuFeatures(attempts: string[] = []): CpuFeatures {
-  for (const variant of CPU_VARIANTS.map((v) => v.variant)) {
-    const probe = requireFirst<{ features(): CpuFeatures }>(locate("qwen_gguf-cpu", variant), attempts);
-    if (probe) return probe.module.features();
-  }
-  throw new QwenError("ERR_NATIVE_LOAD", `qwen-gguf found no CPU probe binary.\nTried:\n  ${attempts.join("\n  ")}\n${HOW_TO_FIX}`);
+/** The glibc version of a Linux process; none on musl (its report has no glibc version). */
+function linuxLibc(): { glibc?: string } {
+  const header = (process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined)?.header;
+  return { glibc: header?.glibcVersionRuntime };
 }
 
 /**
- * Loads the fastest addon variant this CPU runs: features come from CPUID, never from trying a binary (an
- * AVX-512 binary on a CPU without it dies of SIGILL, which no catch can stop). One error lists every attempt.
+ * Why this platform has no prebuilt binary, or "" when it has one: names the platform, what is prebuilt and how to
+ * build from source. Only asked on the error path.
+ */
+export function platformNote(): string {
+  const platform = `${process.platform}-${process.arch}`;
+  const prebuilt = `prebuilt binaries exist for ${PREBUILT_PLATFORMS.join(" and ")} with glibc ≥ ${PREBUILT_MIN_GLIBC}`;
+  const fromSource = "build from source with `npx qwen-gguf build-native` (cmake ≥ 3.18 and a C++17 compiler; the package " +
+    "ships llama.cpp's source; not tested on this platform)";
+  if (!PREBUILT_PLATFORMS.includes(platform)) return `qwen-gguf has no prebuilt binary for ${platform}: ${prebuilt}. On ${platform}, ${fromSource}.\n`;
+  const { glibc } = linuxLibc();
+  if (!glibc) return `qwen-gguf has no prebuilt binary for ${platform} with musl libc (Alpine): ${prebuilt}. Here, ${fromSource}.\n`;
+  const older = (a: string, b: string) => { const [x, y] = [a, b].map((v) => v.split(".").map(Number)); return x[0] < y[0] || (x[0] === y[0] && x[1] < y[1]); };
+  if (older(glibc, PREBUILT_MIN_GLIBC)) return `qwen-gguf's prebuilt ${platform} binaries need glibc ≥ ${PREBUILT_MIN_GLIBC}, this system has ${glibc}: ${fromSource}.\n`;
+  return "";
+}
+
+interface Probe { features(): CpuFeatures; method?: "cpuid" | "hwcap" | "none" }
+
+function loadProbe(attempts: string[]): Probe {
+  for (const variant of CPU_VARIANTS.map((v) => v.variant)) {
+    const probe = requireFirst<Probe>(locate("qwen_gguf-cpu", variant), attempts);
+    if (probe) return probe.module;
+  }
+  throw new QwenError("ERR_NATIVE_LOAD", `${platformNote()}qwen-gguf found no CPU probe binary.\nTried:\n  ${attempts.join("\n  ")}\n${HOW_TO_FIX}`);
+}
+
+/** The CPU's features, from the probe (a baseline binary that loads on any CPU of its architecture). */
+export function cpuFeatures(attempts: string[] = []): CpuFeatures {
+  return loadProbe(attempts).features();
+}
+
+/**
+ * Loads the fastest addon variant this CPU runs: features come from CPUID (x86-64) or the kernel's HWCAP (arm64 Linux),
+ * never from trying a binary (an AVX-512 or i8mm binary on a CPU without it dies of SIGILL, which no catch can stop).
+ * Where the probe cannot ask (method "none": other OSes on arm64, other architectures) the baseline build is taken,
+ * the one a source build makes, unless QWEN_GGUF_CPU_VARIANT names another. One error lists every attempt.
  */
 export function loadNative(): { addon: NativeAddon; binary: LoadedBinary; cpu: CpuFeatures } {
   if (cached) return cached;
   const attempts: string[] = [];
-  const cpu = cpuFeatures(attempts);
+  const probe = loadProbe(attempts);
+  const cpu = probe.features();
   const forced = process.env.QWEN_GGUF_CPU_VARIANT;
-  const usable = CPU_VARIANTS.filter((v) => v.needs.every((f) => cpu[f]) && (!forced || v.variant === forced));
+  const baseline = CPU_VARIANTS[CPU_VARIANTS.length - 1];
+  const usable = probe.method === "none"
+    ? CPU_VARIANTS.filter((v) => (forced ? v.variant === forced : v === baseline))
+    : CPU_VARIANTS.filter((v) => v.needs.every((f) => cpu[f]) && (!forced || v.variant === forced));
   if (usable.length === 0) {
-    const baseline = CPU_VARIANTS[CPU_VARIANTS.length - 1];
     const missing = baseline.needs.filter((f) => !cpu[f]);
     throw new QwenError("ERR_CPU_UNSUPPORTED", forced
       ? `QWEN_GGUF_CPU_VARIANT=${forced} is not a variant this CPU can run (known: ${CPU_VARIANTS.map((v) => v.variant).join(", ")})`
-      : `this CPU lacks ${missing.map((f) => f.toUpperCase()).join(", ")}, which qwen-gguf's slowest build (${baseline.variant}: ${baseline.needs.map((f) => f.toUpperCase()).join(", ")}) needs`);
+      : process.arch === "arm64"
+        ? `this CPU lacks ${missing.join(", ")} (Linux HWCAP names), which qwen-gguf's slowest arm64 build (${baseline.variant}: Armv8.2-A with dot product and FP16 arithmetic, e.g. Cortex-A76/Raspberry Pi 5, Neoverse N1/Graviton2) needs`
+        : `this CPU lacks ${missing.map((f) => f.toUpperCase()).join(", ")}, which qwen-gguf's slowest build (${baseline.variant}: ${baseline.needs.map((f) => f.toUpperCase()).join(", ")}) needs`);
   }
   for (const { variant } of usable) {
     const found = requireFirst<NativeAddon>(locate(`qwen_gguf-${variant}`, variant), attempts);
@@ -182,7 +296,7 @@ export function loadNative(): { addon: NativeAddon; binary: LoadedBinary; cpu: C
       return cached;
     }
   }
-  throw new QwenError("ERR_NATIVE_LOAD", `qwen-gguf found no native binary that loads on ${process.platform}-${process.arch} (CPU variants: ${usable.map((v) => v.variant).join(", ")}).\nTried:\n  ${attempts.join("\n  ")}\n${HOW_TO_FIX}`);
+  throw new QwenError("ERR_NATIVE_LOAD", `${platformNote()}qwen-gguf found no native binary that loads on ${process.platform}-${process.arch} (CPU variants: ${usable.map((v) => v.variant).join(", ")}).\nTried:\n  ${attempts.join("\n  ")}\n${HOW_TO_FIX}`);
 }
 
 export function native(): NativeAddon {

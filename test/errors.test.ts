@@ -93,9 +93,11 @@ describe("loadModel: bad options", () => {
 describe("info and versions", () => {
   it("model.info, the memory estimate and the llama.cpp commit", async () => {
     const { out } = await converted("qwen3-tied-gqa", TINY_QWEN3, "f32");
-    const estimate = await estimateMemory(out, { contextSize: 1024 });
+    const estimate = await estimateMemory(out, { contextSize: 1024, parallel: 1 });
     // 2 layers × 1024 positions × 2 KV heads × (32 + 32) × 2 bytes
     assert.equal(estimate.kvCache, 2 * 1024 * 2 * 64 * 2);
+    // by default the shared cache holds parallel (4) full contexts
+    assert.equal((await estimateMemory(out, { contextSize: 1024 })).kvCache, 4 * 2 * 1024 * 2 * 64 * 2);
     const model = await loadModel(out, { contextSize: 64, threads: 1 });
     try {
       assert.equal(model.info.architecture, "qwen3");
@@ -105,6 +107,8 @@ describe("info and versions", () => {
       assert.ok(model.info.parameters > 9e6);
       assert.equal(model.runtime.threads, 1);
       assert.equal(model.runtime.contextSize, 64);
+      assert.equal(model.runtime.parallel, 4);
+      assert.equal(model.runtime.cacheSize, 256);
     } finally {
       await model.dispose();
     }

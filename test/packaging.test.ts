@@ -4,7 +4,7 @@
  */
 import assert from "node:assert/strict";
 import { execFileSync, spawnSync } from "node:child_process";
-import { existsSync, readdirSync } from "node:fs";
+import { existsSync, readdirSync, realpathSync } from "node:fs";
 import { mkdir, mkdtemp, rm, symlink, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
@@ -119,5 +119,25 @@ describe("packaging", () => {
     assert.match(doctor, new RegExp(`binary: +${join(pkg, "build", "avx2")}`));
     const result = appResult(execFileSync("node", ["app.mjs", "-", gguf], { cwd: app, env, encoding: "utf8" }));
     assert.equal(result.tokens, 4);
+  });
+
+  it("node-gyp rebuild in the installed package runs the CMake build (binding.gyp's one action) and the loader picks its binary", { timeout: 1_200_000 }, () => {
+    // last, like the test above. npm's own node-gyp (what `npm rebuild` and `npx node-gyp` run when none is installed);
+    // --nodedir: the headers of the running Node, so nothing is downloaded
+    const pkg = join(app, "node_modules", "qwen-gguf");
+    assert.ok(existsSync(join(pkg, "binding.gyp")), "npm pack shipped binding.gyp");
+    const npmRoot = join(realpathSync(which("npm")), "..", "..");
+    const nodeGyp = join(npmRoot, "node_modules", "node-gyp", "bin", "node-gyp.js");
+    const nodeDir = join(process.execPath, "..", "..");
+    execFileSync(process.execPath, [nodeGyp, "rebuild", `--nodedir=${nodeDir}`], { cwd: pkg, stdio: ["ignore", "ignore", "pipe"] });
+    const features = cpuFeatures();
+    const best = CPU_VARIANTS.find((v) => v.needs.every((f) => features[f]))!.variant;
+    assert.ok(existsSync(join(pkg, "build", best, "Release", `qwen_gguf-${best}.node`)), `node-gyp built the ${best} addon`);
+    const env = { ...process.env, PATH: bin };
+    const doctor = execFileSync("node", [join(pkg, "dist", "cli.js"), "doctor"], { cwd: app, env, encoding: "utf8" });
+    assert.match(doctor, new RegExp(`binary: +${join(pkg, "build", best)}`));
+    const result = appResult(execFileSync("node", ["app.mjs", "-", gguf], { cwd: app, env, encoding: "utf8" }));
+    assert.equal(result.tokens, 4);
+    assert.equal(result.variant, best);
   });
 });

@@ -6,10 +6,10 @@ import { availableParallelism } from "node:os";
 import { join } from "node:path";
 import { convert, type OutputType } from "../../src/index.js";
 import { packageRoot } from "../../src/native.js";
-import { makeCheckpoint, QWEN3_0_6B, QWEN3_4B, type CheckpointShape } from "../fixtures/checkpoint.js";
+import { makeCheckpoint, QWEN1_5_0_5B, QWEN3_0_6B, QWEN3_4B, type CheckpointShape } from "../fixtures/checkpoint.js";
 
 export const cacheDir = join(packageRoot, ".cache", "bench");
-export const SHAPES: Record<string, CheckpointShape> = { "qwen3-0.6b": QWEN3_0_6B, "qwen3-4b": QWEN3_4B };
+export const SHAPES: Record<string, CheckpointShape> = { "qwen3-0.6b": QWEN3_0_6B, "qwen3-4b": QWEN3_4B, "qwen1.5-0.5b": QWEN1_5_0_5B };
 
 /** A random-weight BF16 checkpoint of a full-size shape, generated once and cached. */
 export async function benchCheckpoint(shapeName: string): Promise<string> {
@@ -46,7 +46,7 @@ export function variantFlags(variant: string): string[] {
 }
 
 /** Builds (once, cached) a llama.cpp tool from the vendored tree with the addon's CPU flags; returns its path. */
-export function llamaTool(tool: "llama-bench" | "llama-quantize" | "llama-perplexity", variant: string): string {
+export function llamaTool(tool: "llama-bench" | "llama-quantize" | "llama-perplexity" | "llama-batched-bench", variant: string): string {
   const dir = join(packageRoot, ".cache", `llama-tools-${variant}`);
   const bin = join(dir, "bin", tool);
   if (existsSync(bin)) return bin;
