@@ -135,6 +135,8 @@ export interface NativeAddon {
   quantize(type: number, data: Uint8Array, sourceType: number, rows: number, rowLength: number, threads: number, out: Uint8Array): Promise<number>;
   typeInfo(type: number): { name: string; blockSize: number; typeSize: number };
   versions(): { llamaCppCommit: string; cpuVariant: string; systemInfo: string };
+  /** Test-only: bytes malloc has handed out and not had back (glibc), -1 where unknown. */
+  heapInUse(): number;
 }
 
 export const packageRoot = join(dirname(fileURLToPath(import.meta.url)), "..");

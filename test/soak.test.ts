@@ -8,30 +8,20 @@
  */
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
-import { readdirSync, readFileSync } from "node:fs";
+import { readdirSync } from "node:fs";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { Worker } from "node:worker_threads";
 import { loadModel, type Model } from "../src/index.js";
 import { Rng } from "../scripts/fixtures/checkpoint.js";
+import { settledRss } from "./support/memory.js";
 import { converted, TINY_QWEN3 } from "./support/models.js";
 
 const GENERATIONS = Number(process.env.SOAK_GENERATIONS) || 1000;
 const src = join(import.meta.dirname, "..", "src", "index.ts");
 
 const threadCount = () => readdirSync("/proc/self/task").length;
-function rssBytes(): number {
-  const m = /VmRSS:\s+(\d+) kB/.exec(readFileSync("/proc/self/status", "utf8"));
-  return Number(m![1]) * 1024;
-}
-async function settledRss(): Promise<number> {
-  for (let i = 0; i < 3; i++) {
-    globalThis.gc?.();
-    await sleep(20);
-  }
-  return rssBytes();
-}
 
 const PROMPTS = ["Once upon a time", "The quick brown fox", "<|im_start|>user\nHello<|im_end|>\n<|im_start|>assistant\n", "1, 2, 3,", "Qwen runs on a CPU"];
 const CLEAN = new Set(["ABORT_ERR", "ERR_DISPOSED"]);
