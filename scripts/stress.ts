@@ -54,6 +54,8 @@ export interface StressReport {
   /** Slots and queue entries still held 10 s after the run (from /metrics). */
   leaked: { active: number; queued: number };
   rss: { before: number; after: number; peak: number };
+  /** Heap bytes in use from /metrics, warmed up and idle after the run: native (glibc malloc) and V8's. */
+  heap: { nativeBefore: number; nativeAfter: number; v8Before: number; v8After: number };
   /** Inter-token gaps (ms) of the well-behaved streaming clients, before and during the abuse. */
   interToken: { baseline: Percentiles; abuse: Percentiles };
   /** Time (ms) the abusive requests took to be answered, by kind (max). */
@@ -75,9 +77,15 @@ function rssOf(pid: number): { rss: number; peak: number } {
   return { rss: kb("VmRSS"), peak: kb("VmHWM") };
 }
 
+/** A full GC in the server (scripts/stress-gc.mjs), then a pause for V8's sweeper and glibc to give pages back. */
+async function collectGarbage(proc: ChildProcess) {
+  proc.kill("SIGUSR2");
+  await sleep(500);
+}
+
 /** Starts `qwen-gguf serve` on 127.0.0.1 with a free port; resolves with its URL once the model is loaded. */
 async function startServer(o: Required<Pick<StressOptions, "model" | "parallel" | "contextSize" | "threads">>) {
-  const proc = spawn(process.execPath, ["--import", "tsx", join(root, "src", "cli.ts"), "serve", o.model, "--host", "127.0.0.1", "--port", "0",
+  const proc = spawn(process.execPath, ["--expose-gc", "--import", join(root, "scripts", "stress-gc.mjs"), "--import", "tsx", join(root, "src", "cli.ts"), "serve", o.model, "--host", "127.0.0.1", "--port", "0",
     "--parallel", String(o.parallel), "--context-size", String(o.contextSize), "--threads", String(o.threads), "--api-key", KEY], { stdio: ["ignore", "pipe", "pipe"], cwd: root });
   let stderr = "";
   proc.stderr!.on("data", (d) => (stderr = (stderr + d).slice(-8000)));
@@ -93,11 +101,14 @@ async function startServer(o: Required<Pick<StressOptions, "model" | "parallel" 
   return { proc, url, stderr: () => stderr };
 }
 
-/** Reads the engine's gauges from /metrics. */
-async function slots(url: string): Promise<{ active: number; queued: number }> {
+/** Reads the engine's gauges and the heap sizes from /metrics. */
+async function gauges(url: string): Promise<{ active: number; queued: number; nativeHeap: number; v8Heap: number }> {
   const text = await (await fetch(`${url}/metrics`, { headers: { authorization: `Bearer ${KEY}` } })).text();
   const g = (name: string) => Number(new RegExp(`^${name} (\\S+)$`, "m").exec(text)?.[1] ?? NaN);
-  return { active: g("qwen_gguf_generations_active"), queued: g("qwen_gguf_generations_queued") };
+  return {
+    active: g("qwen_gguf_generations_active"), queued: g("qwen_gguf_generations_queued"),
+    nativeHeap: g("qwen_gguf_native_heap_bytes"), v8Heap: g("qwen_gguf_process_nodejs_heap_size_used_bytes"),
+  };
 }
 
 export async function runStress(options: StressOptions): Promise<StressReport> {
@@ -111,7 +122,7 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
   proc.once("exit", (code, signal) => (crashed = { code, signal, stderr: server.stderr().slice(-3000) }));
   const report: StressReport = {
     seconds: 0, requests: 0, outcomes: {}, unanswered: 0, leaked: { active: NaN, queued: NaN }, rss: { before: 0, after: 0, peak: 0 },
-    interToken: { baseline: percentiles([]), abuse: percentiles([]) }, slowestAnswer: {}, completedStreams: 0, tokens: 0,
+    heap: { nativeBefore: NaN, nativeAfter: NaN, v8Before: NaN, v8After: NaN }, interToken: { baseline: percentiles([]), abuse: percentiles([]) }, slowestAnswer: {}, completedStreams: 0, tokens: 0,
   };
   const count = (kind: string, outcome: string, ms?: number) => {
     report.requests++;
@@ -125,7 +136,11 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
 
   // warm the server so "before" is the server at work, not a fresh process
   for (let i = 0; i < 4; i++) await (await post("/v1/chat/completions", JSON.stringify({ messages: [{ role: "user", content: "warm up" }], max_tokens: 8 }))).text();
+  await collectGarbage(proc);
   report.rss.before = rssOf(proc.pid!).rss;
+  const idle = await gauges(url);
+  report.heap.nativeBefore = idle.nativeHeap;
+  report.heap.v8Before = idle.v8Heap;
   const started = performance.now();
   const abuseFrom = started + warmup * 1000;
   const end = started + o.duration * 1000;
@@ -310,22 +325,24 @@ export async function runStress(options: StressOptions): Promise<StressReport> {
     if (!crashed) {
       // back to idle: every slot and queue entry released once the clients are gone
       const deadline = performance.now() + 10_000;
-      let s = await slots(url);
+      let s = await gauges(url);
       while ((s.active > 0 || s.queued > 0) && performance.now() < deadline) {
         await sleep(200);
-        s = await slots(url);
+        s = await gauges(url);
       }
-      report.leaked = s;
-      // RSS once idle: the lowest of 8 s of samples (V8 gives back the heap of the large bodies only after a few
-      // idle seconds, and one sample catches the allocator mid-swing)
+      report.leaked = { active: s.active, queued: s.queued };
+      // RSS once idle: the lowest of 16 samples, each after a full GC (one sample catches the allocator mid-swing)
       let low = Infinity;
       for (let i = 0; i < 16; i++) {
-        await sleep(500);
+        await collectGarbage(proc);
         const r = rssOf(proc.pid!);
         low = Math.min(low, r.rss);
         report.rss.peak = Math.max(report.rss.peak, r.peak);
       }
       report.rss.after = low;
+      const end = await gauges(url);
+      report.heap.nativeAfter = end.nativeHeap;
+      report.heap.v8After = end.v8Heap;
     }
   } finally {
     clearInterval(sampler);
@@ -349,6 +366,7 @@ export function formatReport(r: StressReport): string {
     `unanswered (reset or no reply): ${r.unanswered}`,
     `slots after the run: ${r.leaked.active} active, ${r.leaked.queued} queued`,
     `server RSS: before ${mib(r.rss.before)}, after ${mib(r.rss.after)} (${r.rss.after >= r.rss.before ? "+" : ""}${mib(r.rss.after - r.rss.before)}), peak ${mib(r.rss.peak)}`,
+    `heap in use: native ${mib(r.heap.nativeBefore)} → ${mib(r.heap.nativeAfter)}, V8 ${mib(r.heap.v8Before)} → ${mib(r.heap.v8After)}`,
     `inter-token gaps of well-behaved clients: before the abuse ${p(r.interToken.baseline)}; during ${p(r.interToken.abuse)}`,
     "requests by kind:",
     ...Object.entries(r.outcomes).map(([k, v]) => `  ${k}: ${Object.entries(v).map(([o, n]) => `${o} × ${n}`).join(", ")}${r.slowestAnswer[k] !== undefined ? ` (slowest answer ${r.slowestAnswer[k]} ms)` : ""}`),

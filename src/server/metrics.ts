@@ -1,6 +1,7 @@
 /** Prometheus metrics of one server (its own registry, so two servers in one process never mix their numbers). */
 import { Counter, Gauge, Histogram, Registry, collectDefaultMetrics } from "prom-client";
 import type { Model } from "../model.js";
+import { native } from "../native.js";
 
 /** What Model.stats() returns (the library does not name the type). */
 export type ModelStats = ReturnType<Model["stats"]>;
@@ -38,6 +39,12 @@ export function createMetrics(stats: () => ModelStats | undefined, options: { de
   new Gauge({
     name: "qwen_gguf_kv_cells_used_ratio", help: "Fraction of the KV cache's cells in use", registers: [registry],
     collect() { const s = stats(); this.set(s && s.kvCells > 0 ? s.kvCellsUsed / s.kvCells : 0); },
+  });
+  // RSS alone cannot tell a leak from allocator fragmentation (freed pages glibc keeps); the bytes malloc has handed
+  // out and not had back can (glibc only; the gauge stays 0 elsewhere)
+  new Gauge({
+    name: "qwen_gguf_native_heap_bytes", help: "Native heap bytes in use (malloc'd and not freed: llama.cpp, the engine, Node's buffers)", registers: [registry],
+    collect() { this.set(Math.max(0, native().heapInUse())); },
   });
   return { registry, requests, tokens, ttft, interToken, prefixCacheHits, prefixCachedTokens, responseCache };
 }
