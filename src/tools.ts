@@ -6,7 +6,7 @@
  */
 import { randomBytes } from "node:crypto";
 import { QwenError } from "./errors.js";
-import { SchemaConverter, gbnfLiteral } from "./grammar/json-schema.js";
+import { MAX_SCHEMA_DEPTH, SchemaConverter, gbnfLiteral } from "./grammar/json-schema.js";
 
 export interface ToolDefinition {
   type: "function";
@@ -34,6 +34,22 @@ const NAME = /^[a-zA-Z0-9_-]{1,64}$/;
 const describe = (v: unknown) => (v === null ? "null" : Array.isArray(v) ? "an array" : typeof v === "string" ? JSON.stringify(v) : typeof v);
 
 /** Checks tool definitions; throws QwenError naming the tool and the problem. Returns them unchanged. */
+const MAX_JSON_DEPTH = 2 * MAX_SCHEMA_DEPTH;
+
+/** How deep objects and arrays nest in `value`, counted without recursion and up to `limit + 1`. */
+function nestingDepth(value: unknown, limit: number): number {
+  let deepest = 0;
+  const stack: [unknown, number][] = [[value, 1]];
+  while (stack.length) {
+    const [v, d] = stack.pop()!;
+    if (!v || typeof v !== "object") continue;
+    deepest = Math.max(deepest, d);
+    if (deepest > limit) return deepest;
+    for (const child of Object.values(v)) stack.push([child, d + 1]);
+  }
+  return deepest;
+}
+
 export function validateTools(tools: unknown): ToolDefinition[] {
   if (!Array.isArray(tools)) throw new QwenError("ERR_INVALID_ARG_TYPE", `tools must be an array, got ${describe(tools)}`);
   const seen = new Set<string>();
@@ -58,6 +74,11 @@ export function validateTools(tools: unknown): ToolDefinition[] {
       const type = (p as Record<string, unknown>).type;
       const isObjectSchema = type === "object" || (type === undefined && ("properties" in p || Object.keys(p).length === 0));
       if (!isObjectSchema) throw new QwenError("ERR_INVALID_ARG_VALUE", `${where}.function.parameters must describe an object (type "object"), got type ${describe(type)}`);
+      // the schema is rendered into the prompt and converted to a grammar by recursive code: bound its depth here,
+      // whatever the tool choice (a schema level is two JSON levels: "properties" then the property)
+      if (nestingDepth(p, MAX_JSON_DEPTH) > MAX_JSON_DEPTH) {
+        throw new QwenError("ERR_INVALID_ARG_VALUE", `${where}.function.parameters is nested deeper than ${MAX_JSON_DEPTH} JSON levels`);
+      }
     }
   });
   return tools as ToolDefinition[];

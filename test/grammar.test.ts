@@ -171,6 +171,14 @@ describe("jsonSchemaToGbnf: random walks through the grammar give valid instance
   }
 });
 
+describe("jsonSchemaToGbnf: nesting", () => {
+  it("a schema nested deeper than 64 levels is ERR_SCHEMA_UNSUPPORTED, not a stack overflow", () => {
+    const nest = (levels: number) => Array.from({ length: levels }).reduce((s: object) => ({ type: "array", items: s }), { type: "null" });
+    assert.ok(jsonSchemaToGbnf(nest(60)).length > 0);
+    assert.throws(() => jsonSchemaToGbnf(nest(5000)), (e: { code?: string; message: string }) => e.code === "ERR_SCHEMA_UNSUPPORTED" && /nested deeper than 64 levels/.test(e.message));
+  });
+});
+
 describe("jsonSchemaToGbnf: unsupported keywords are errors that name them", () => {
   const cases: Array<[unknown, RegExp]> = [
     [{ type: "string", contentEncoding: "base64" }, /"contentEncoding" at #\/contentEncoding/],

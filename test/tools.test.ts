@@ -187,6 +187,11 @@ describe("tool definitions and tool_choice are validated", () => {
     assert.throws(() => validateTools(fn({ name: "a", parameters: { type: "string" } })), hasCode("ERR_INVALID_ARG_VALUE", /parameters must describe an object/));
     assert.throws(() => validateTools(fn({ name: "a", parameters: [] })), hasCode("ERR_INVALID_ARG_TYPE", /parameters must be a JSON Schema object/));
     assert.throws(() => validateTools(fn({ name: "a", description: 3 })), hasCode("ERR_INVALID_ARG_TYPE", /description/));
+    // untrusted depth (a request's tools): a clear error instead of a stack overflow in the template or the grammar
+    const deep = (levels: number) => { let s: object = { type: "string" }; for (let i = 0; i < levels; i++) s = { type: "object", properties: { a: s } }; return s; };
+    assert.throws(() => validateTools(fn({ name: "a", parameters: deep(10_000) })), hasCode("ERR_INVALID_ARG_VALUE", /parameters is nested deeper than 128 JSON levels/));
+    assert.equal(validateTools(fn({ name: "a", parameters: deep(60) })).length, 1);
+    assert.ok(toolCallGrammar(validateTools(fn({ name: "a", parameters: deep(60) })), "required").length > 0);
     assert.deepEqual(validateTools(TOOLS), TOOLS);
   });
   it("tool_choice", () => {

@@ -59,6 +59,9 @@ const TYPES = ["object", "array", "string", "number", "integer", "boolean", "nul
 const pointerPart = (s: string | number) => String(s).replace(/~/g, "~0").replace(/\//g, "~1");
 const at = (pointer: string) => (pointer === "" ? "the schema root" : `#${pointer}`);
 
+/** Deepest schema nesting converted (subschemas within subschemas, $ref hops included). */
+export const MAX_SCHEMA_DEPTH = 64;
+
 function unsupported(keyword: string, pointer: string, why?: string): never {
   throw new QwenError("ERR_SCHEMA_UNSUPPORTED", `JSON Schema keyword "${keyword}" at ${at(pointer)} is not supported${why ? `: ${why}` : ""}`);
 }
@@ -433,6 +436,7 @@ export interface ConvertOptions {
 export class SchemaConverter {
   private readonly rules = new Map<string, string>();
   private doc: Schema = true;
+  private depth = 0;
   private docKey = "";
   private readonly refRules = new Map<string, string>();
 
@@ -479,6 +483,18 @@ export class SchemaConverter {
   }
 
   private visit(schema: unknown, name: string, pointer: string): string {
+    // A schema from a request is untrusted: nesting deep enough to exhaust the stack must be a clear error
+    if (++this.depth > MAX_SCHEMA_DEPTH) {
+      throw new QwenError("ERR_SCHEMA_UNSUPPORTED", `JSON Schema nested deeper than ${MAX_SCHEMA_DEPTH} levels (at ${at(pointer).slice(0, 120)}…)`);
+    }
+    try {
+      return this.visitNode(schema, name, pointer);
+    } finally {
+      this.depth--;
+    }
+  }
+
+  private visitNode(schema: unknown, name: string, pointer: string): string {
     if (schema === true) return this.primitive("value");
     if (schema === false) unsupported("false", pointer, "a false schema admits no value to generate");
     if (!isObject(schema)) invalid(pointer, `a schema must be an object or a boolean, got ${JSON.stringify(schema)}`);
