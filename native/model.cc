@@ -46,6 +46,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
         const int32_t len = llama_token_to_piece(vocab, i, buf, sizeof buf, 0, true);
         maxTokenBytes_ = std::max(maxTokenBytes_, len < 0 ? -len : len);
       }
+      tokenizer_ = std::make_unique<Tokenizer>(vocab);
     }
     if (!model_) {
       aborted_ = owner_->abortLoad_.load();
@@ -66,6 +67,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
     owner_->loading_ = false;
     owner_->model_ = model_;
     owner_->maxTokenBytes_ = maxTokenBytes_;
+    owner_->tokenizer_ = std::move(tokenizer_);
     owner_->externalBytes_ = static_cast<int64_t>(llama_model_size(model_));
     Napi::MemoryManagement::AdjustExternalMemory(env, owner_->externalBytes_);
     deferred_.Resolve(env.Undefined());
@@ -80,6 +82,7 @@ class LoadWorker : public Napi::AsyncProgressWorker<float> {
   Napi::Promise::Deferred deferred_;
   AddonModel* owner_;
   int32_t maxTokenBytes_ = 0;
+  std::unique_ptr<Tokenizer> tokenizer_;
   Napi::ObjectReference ownerRef_;  // keeps the JS model alive while loading
   Napi::FunctionReference onProgress_;
   std::string path_;
@@ -116,6 +119,7 @@ AddonModel::~AddonModel() {
 
 void AddonModel::Free() {
   if (!model_) return;
+  tokenizer_.reset();
   llama_model_free(model_);
   model_ = nullptr;
   ReleaseFreedMemory();
@@ -156,15 +160,16 @@ Napi::Value AddonModel::Tokenize(const Napi::CallbackInfo& info) {
   RequireLoaded(env);
   std::string text = info[0].As<Napi::String>().Utf8Value();
   bool special = info[1].ToBoolean();
-  std::vector<llama_token> tokens(text.size() + 8);
-  int32_t n = llama_tokenize(vocab(), text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), false, special);
-  if (n < 0) {
-    if (n == INT32_MIN) ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "text is too long to tokenize");
-    tokens.resize(-n);
-    n = llama_tokenize(vocab(), text.data(), (int32_t)text.size(), tokens.data(), (int32_t)tokens.size(), false, special);
+  // test-only third argument: llama_tokenize itself, the reference test/tokenizer.test.ts compares with
+  bool viaLlama = info.Length() > 2 && info[2].ToBoolean();
+  std::vector<llama_token> tokens;
+  try {
+    tokens = viaLlama ? tokenizer_->TokenizeWithLlama(text, special) : tokenizer_->Tokenize(text, special);
+  } catch (const std::length_error&) {
+    ThrowCoded(env, "ERR_INVALID_ARG_VALUE", "text is too long to tokenize");
   }
-  auto out = Napi::Int32Array::New(env, n);
-  std::copy(tokens.begin(), tokens.begin() + n, out.Data());
+  auto out = Napi::Int32Array::New(env, tokens.size());
+  std::copy(tokens.begin(), tokens.end(), out.Data());
   return out;
 }
 

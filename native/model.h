@@ -4,9 +4,11 @@
 #include <napi.h>
 
 #include <atomic>
+#include <memory>
 #include <string>
 
 #include "llama.h"
+#include "tokenizer.h"
 
 namespace qwen {
 
@@ -42,6 +44,7 @@ class AddonModel : public Napi::ObjectWrap<AddonModel> {
   std::atomic<bool> abortLoad_{false};
   int64_t externalBytes_ = 0;
   int32_t maxTokenBytes_ = 0;  // bytes of the longest token (with special tokens' text)
+  std::unique_ptr<Tokenizer> tokenizer_;
   Napi::Env env_;
 };
 

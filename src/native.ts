@@ -28,7 +28,8 @@ export interface NativeModel {
   load(path: string, options: { mmap?: boolean; vocabOnly?: boolean }, onProgress?: (p: number) => void): Promise<void>;
   abortLoad(): void;
   dispose(): void;
-  tokenize(text: string, special: boolean): Int32Array;
+  /** `viaLlama` (test-only): llama_tokenize itself instead of native/tokenizer.cc, for comparison. */
+  tokenize(text: string, special: boolean, viaLlama?: boolean): Int32Array;
   detokenize(tokens: Int32Array, special: boolean): Buffer;
   tokenPiece(token: number, special: boolean): Buffer;
   metadata(): Record<string, string>;
