@@ -10,7 +10,7 @@
 // across threads and merged by log-sum-exp (flash-decoding).
 //
 // The link wraps ggml's op (-Wl,--wrap=ggml_compute_forward_flash_attn_ext, next to lazy_clear's wrap): the wrapper
-// takes q f32, K/V f16, head dim 64/128, GQA 1/2/4/8, at most 8 query rows, an f16 mask shared by the heads, no ALiBi,
+// takes q f32, K/V f16, q8_0 or q4_0, head dim 64/128, GQA 1/2/4/8, at most 8 query rows, an f16 mask shared by the heads, no ALiBi,
 // softcap or sinks, on a CPU with AVX2+FMA+F16C (AVX-512 when present); everything else goes to ggml unchanged.
 // QWEN_GGUF_ATTENTION=ggml switches to ggml's op at run time (comparison, or a bug report).
 //

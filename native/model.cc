@@ -237,6 +237,10 @@ Napi::Value AddonModel::Info(const Napi::CallbackInfo& info) {
   out.Set("eos", llama_vocab_eos(vocab()));
   out.Set("eot", llama_vocab_eot(vocab()));
   out.Set("maxTokenBytes", maxTokenBytes_);
+  std::vector<std::string> control = tokenizer_->ControlTexts();
+  Napi::Array controlTexts = Napi::Array::New(env, control.size());
+  for (size_t i = 0; i < control.size(); i++) controlTexts.Set((uint32_t)i, Napi::String::New(env, control[i]));
+  out.Set("controlTexts", controlTexts);
   const char* tmpl = llama_model_chat_template(model_, nullptr);
   if (tmpl) out.Set("chatTemplate", tmpl);
   return out;

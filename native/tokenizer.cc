@@ -38,6 +38,14 @@ void Tokenizer::AppendText(const char* text, size_t length, bool parseSpecial, s
   out.resize(start + (size_t)std::max(n, 0));
 }
 
+std::vector<std::string> Tokenizer::ControlTexts() const {
+  std::vector<std::string> out;
+  for (const Special& s : specials_) {
+    if ((s.attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_UNKNOWN)) && !s.text.empty()) out.push_back(s.text);
+  }
+  return out;
+}
+
 std::vector<llama_token> Tokenizer::TokenizeWithLlama(const std::string& text, bool parseSpecial) const {
   std::vector<llama_token> out;
   if (!text.empty()) AppendText(text.data(), text.size(), parseSpecial, out);

@@ -24,6 +24,9 @@ class Tokenizer {
   // Tokens of `text` without BOS/EOS, as llama_tokenize(vocab, text, add_special = false, parseSpecial).
   // Throws std::length_error when the text is longer than llama_tokenize accepts.
   std::vector<llama_token> Tokenize(const std::string& text, bool parseSpecial) const;
+  // Texts of the tokens special parsing decides on (control and unknown): what a literal text must not become.
+  std::vector<std::string> ControlTexts() const;
+
   // llama_tokenize itself (the reference the tests compare Tokenize with).
   std::vector<llama_token> TokenizeWithLlama(const std::string& text, bool parseSpecial) const;
 

@@ -103,6 +103,11 @@ function templateMessage(m: unknown, i: number): Record<string, unknown> {
 }
 
 /** Renders messages with a chat template, ending with the assistant's generation prompt. */
+/** Each message's text as the template receives it (content parts joined), in order. */
+export function chatContents(messages: ChatMessage[]): string[] {
+  return messages.map((m, i) => templateMessage(m, i).content as string);
+}
+
 export function renderChat(template: string, messages: ChatMessage[], options: RenderChatOptions): string {
   if (!Array.isArray(messages) || messages.length === 0) throw new QwenError("ERR_INVALID_ARG_VALUE", "messages must be a non-empty array");
   const prepared = messages.map(templateMessage);

@@ -14,7 +14,7 @@ import { availableParallelism } from "node:os";
 import { abortError, fromNative, QwenError } from "./errors.js";
 import { GgmlType, metaNumber, metaString, readGguf, type GgufFile } from "./gguf.js";
 import { native, type NativeModel, type NativeRequest, type NativeSamplingOptions, type NativeTokenLogprob } from "./native.js";
-import { renderChat, splitReasoning, type ChatMessage, type ChatPiece } from "./chat.js";
+import { chatContents, renderChat, splitReasoning, type ChatMessage, type ChatPiece } from "./chat.js";
 import { Context } from "./context.js";
 import {
   generationIterable, GenerationStream, mapIterator, type GenerationResult, type Piece, type RecordedGeneration, type TokenLogprob,
@@ -299,6 +299,8 @@ export class Model {
   private readonly thinkEnd: number;
   /** Bytes of the longest token (bounds a prompt's size before it is tokenized). */
   private readonly maxTokenBytes: number;
+  /** Texts of the control tokens ("<|im_end|>", …): a message's own text must not turn into them. */
+  private readonly controlTexts: string[];
   private readonly responses: ResponseCache<RecordedGeneration | ClassifyResult> | undefined;
   /** Identity of the model file (hash of its header and size) for cache keys. */
   readonly identity: string;
@@ -316,6 +318,7 @@ export class Model {
     const ni = nativeModel.info();
     this.eosText = ni.eos >= 0 ? nativeModel.tokenPiece(ni.eos, true).toString("utf8") : "";
     this.maxTokenBytes = Math.max(1, ni.maxTokenBytes);
+    this.controlTexts = ni.controlTexts;
     const thinkEnd = nativeModel.tokenize("</think>", true);
     this.thinkEnd = thinkEnd.length === 1 ? thinkEnd[0] : -1;
     const arch = metaString(file, "general.architecture")!;
@@ -538,6 +541,34 @@ export class Model {
     return stream.result;
   }
 
+  /**
+   * Tokens of a rendered chat prompt in which the messages' own text is literal: a message that spells a control
+   * token ("<|im_end|>\n<|im_start|>system…") gets that text's ordinary tokens, never the control token, so no
+   * message can end its turn or open another role's. The template's own text is tokenized with special tokens.
+   * Messages without control-token text (the usual case) leave the prompt one tokenization, as llama-server's.
+   */
+  private tokenizeChat(prompt: string, messages: ChatMessage[]): Int32Array {
+    const literal = chatContents(messages).filter((c) => this.controlTexts.some((t) => c.includes(t)));
+    if (!literal.length) return this.nativeModel.tokenize(prompt, true);
+    const parts: Int32Array[] = [];
+    let cursor = 0;
+    for (const text of literal) {
+      // in order, from where the previous message ended; a text the template changed (not found) stays as rendered
+      const at = prompt.indexOf(text, cursor);
+      if (at < 0) continue;
+      parts.push(this.nativeModel.tokenize(prompt.slice(cursor, at), true), this.nativeModel.tokenize(text, false));
+      cursor = at + text.length;
+    }
+    parts.push(this.nativeModel.tokenize(prompt.slice(cursor), true));
+    const out = new Int32Array(parts.reduce((n, p) => n + p.length, 0));
+    let offset = 0;
+    for (const p of parts) {
+      out.set(p, offset);
+      offset += p.length;
+    }
+    return out;
+  }
+
   /** Renders messages with the GGUF's chat template (and `tools` in its tool section). */
   renderChat(messages: ChatMessage[], options: { thinking?: boolean; tools?: ToolDefinition[] } = {}): string {
     this.assertUsable();
@@ -572,7 +603,7 @@ export class Model {
     const prompt = this.renderChat(messages, { thinking, tools: offered ? tools : undefined });
     this.checkPromptBytes(prompt);
     const sampling = this.resolveSampling(sampleOptions, { on: thinking, budget });
-    const inner = this.generation(() => this.nativeModel.tokenize(prompt, true), sampling);
+    const inner = this.generation(() => this.tokenizeChat(prompt, messages), sampling);
     const startsInReasoning = /<think>\s*$/.test(prompt);
     const calls: ToolCall[] = [];
     const result = inner.result.then((r) => (offered ? { ...r, toolCalls: calls } : r));
@@ -617,7 +648,7 @@ export class Model {
         messages.push({ role: "user", content: e.text }, { role: "assistant", content: e.label });
       });
       messages.push({ role: "user", content: text });
-      prompt = this.nativeModel.tokenize(this.renderChat(messages, { thinking: false }), true);
+      prompt = this.tokenizeChat(this.renderChat(messages, { thinking: false }), messages);
     } else {
       prompt = this.nativeModel.tokenize(text, true);
     }

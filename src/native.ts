@@ -21,6 +21,8 @@ export interface NativeModelInfo {
   eot: number;
   /** Bytes of the longest token's text. */
   maxTokenBytes: number;
+  /** Texts of the control tokens (what special parsing turns into them). */
+  controlTexts: string[];
   chatTemplate?: string;
 }
 

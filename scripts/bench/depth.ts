@@ -131,7 +131,7 @@ async function main() {
 
   for (const file of files) {
     for (const kv of kvTypes) {
-      const mem = await estimateMemory(file, { contextSize: 4096, kvCacheType: kv });
+      const mem = await estimateMemory(file, { contextSize: 4096, kvCacheType: kv, parallel: 1 }); // one sequence's cache
       const kvPerToken = mem.kvCache / 4096;
       const table: { depth: number; xs: (number | undefined)[][] }[] = [];
       for (const depth of depths) {
