@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cctype>
 #include <climits>
-#include <cstring>
 #include <list>
 #include <stdexcept>
 #include <string_view>
@@ -13,16 +12,12 @@ namespace qwen {
 Tokenizer::Tokenizer(const llama_vocab* vocab) : vocab_(vocab), bpe_(llama_vocab_type(vocab) == LLAMA_VOCAB_TYPE_BPE) {
   if (!bpe_) return;
   const int32_t n = llama_vocab_n_tokens(vocab);
-  std::vector<llama_token> ids;
   for (llama_token id = 0; id < n; id++) {
-    if (llama_vocab_get_attr(vocab, id) & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN)) ids.push_back(id);
+    const int32_t attr = (int32_t)llama_vocab_get_attr(vocab, id);
+    if (attr & (LLAMA_TOKEN_ATTR_CONTROL | LLAMA_TOKEN_ATTR_USER_DEFINED | LLAMA_TOKEN_ATTR_UNKNOWN)) specials_.push_back({id, llama_vocab_get_text(vocab, id), attr});
   }
-  // the same (unstable) sort on the same input as llama.cpp's, so tokens of equal length keep llama.cpp's order
-  std::sort(ids.begin(), ids.end(), [&](llama_token a, llama_token b) {
-    return std::strlen(llama_vocab_get_text(vocab, a)) > std::strlen(llama_vocab_get_text(vocab, b));
-  });
-  specials_.reserve(ids.size());
-  for (llama_token id : ids) specials_.push_back({id, llama_vocab_get_text(vocab, id), (int32_t)llama_vocab_get_attr(vocab, id)});
+  // the same (unstable) sort on the same sequence in id order as llama.cpp's, so tokens of equal length keep its order
+  std::sort(specials_.begin(), specials_.end(), [](const Special& a, const Special& b) { return a.text.size() > b.text.size(); });
 }
 
 void Tokenizer::AppendText(const char* text, size_t length, bool parseSpecial, std::vector<llama_token>& out) const {

@@ -6,7 +6,7 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { loadModel, type Model } from "../src/index.js";
-import { settledHeapInUse, settledRss } from "./support/memory.js";
+import { settledMemory } from "./support/memory.js";
 import { converted, TINY_QWEN3 } from "./support/models.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -285,8 +285,9 @@ describe("engine: lifecycle", () => {
         }
         await Promise.all(runs);
         await model.dispose();
-        rss.push(await settledRss());
-        heap.push(await settledHeapInUse());
+        const settled = await settledMemory();
+        rss.push(settled.rss);
+        heap.push(settled.heapInUse);
       }
     } finally {
       clearInterval(timer);

@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import { estimateMemory, loadModel, type Model } from "../src/index.js";
-import { settledHeapInUse, settledRss } from "./support/memory.js";
+import { settledMemory } from "./support/memory.js";
 import { converted, TINY_QWEN3, TINY_QWEN3_UNTIED } from "./support/models.js";
 
 const gc = (globalThis as { gc?: () => void }).gc;
@@ -157,11 +157,9 @@ describe("stream", () => {
       }
     };
     for (let i = 0; i < 80; i++) await round(i); // warm-up: one-time allocations, V8's code, glibc's arenas
-    const heapBefore = await settledHeapInUse();
-    const rssBefore = await settledRss();
+    const { rss: rssBefore, heapInUse: heapBefore } = await settledMemory();
     for (let i = 80; i < 580; i++) await round(i);
-    const heapAfter = await settledHeapInUse();
-    const rssAfter = await settledRss();
+    const { rss: rssAfter, heapInUse: heapAfter } = await settledMemory();
     const mb = (b: number) => (b / 2 ** 20).toFixed(1);
     t.diagnostic(`RSS ${mb(rssBefore)} → ${mb(rssAfter)} MiB; native heap in use ${heapBefore === undefined ? "unknown" : `${mb(heapBefore)} → ${mb(heapAfter!)} MiB`}`);
     // The leak check is the native heap's bytes in use (exact: it grew 0.17 MiB over 600 such rounds when measured).

@@ -57,10 +57,10 @@ export function llamaTool(tool: "llama-bench" | "llama-quantize" | "llama-perple
   return bin;
 }
 
-/** Runs a command, returning stdout and the child's peak RSS (from /usr/bin/time when present). */
-export function run(cmd: string, args: string[]): Promise<{ stdout: string; stderr: string; code: number }> {
+/** Runs a command (in `env`, default this process's), returning its stdout, stderr and exit code. */
+export function run(cmd: string, args: string[], env?: NodeJS.ProcessEnv): Promise<{ stdout: string; stderr: string; code: number }> {
   return new Promise((resolve) => {
-    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(cmd, args, { stdio: ["ignore", "pipe", "pipe"], env });
     let stdout = "", stderr = "";
     child.stdout.on("data", (d) => (stdout += d));
     child.stderr.on("data", (d) => (stderr += d));

@@ -19,7 +19,6 @@
  * per layer; on 2 cores that is bandwidth-bound, so limit(d) = tg(0) × W / (W + KV(d)), with tg(0) our measured
  * depth-0 speed, W the file's bytes and KV(d) the cache bytes of d tokens for the KV type.
  */
-import { spawn } from "node:child_process";
 import { mkdirSync, writeFileSync } from "node:fs";
 import { loadavg } from "node:os";
 import { basename, dirname } from "node:path";
@@ -64,22 +63,15 @@ async function child(file: string, flags: Record<string, string>) {
   console.log(JSON.stringify(out));
 }
 
-function runChild(file: string, attention: Attention, args: Record<string, string | number>): Promise<ChildResult> {
+async function runChild(file: string, attention: Attention, args: Record<string, string | number>): Promise<ChildResult> {
   const env = { ...process.env };
   if (attention === "ggml") env.QWEN_GGUF_ATTENTION = "ggml";
   else delete env.QWEN_GGUF_ATTENTION;
   const argv = ["--import", "tsx", fileURLToPath(import.meta.url), file, ...Object.entries(args).flatMap(([k, v]) => [`--${k}`, String(v)])];
-  return new Promise((resolve, reject) => {
-    const c = spawn(process.execPath, argv, { env, stdio: ["ignore", "pipe", "pipe"] });
-    let stdout = "", stderr = "";
-    c.stdout.on("data", (d) => (stdout += d));
-    c.stderr.on("data", (d) => (stderr += d));
-    c.on("close", (code) => {
-      const line = stdout.trim().split("\n").pop() ?? "";
-      if (code !== 0 || !line.startsWith("{")) reject(new Error(`child failed (${code}): ${stderr.slice(-800)}`));
-      else resolve(JSON.parse(line) as ChildResult);
-    });
-  });
+  const { stdout, stderr, code } = await run(process.execPath, argv, env);
+  const line = stdout.trim().split("\n").pop() ?? "";
+  if (code !== 0 || !line.startsWith("{")) throw new Error(`child failed (${code}): ${stderr.slice(-800)}`);
+  return JSON.parse(line) as ChildResult;
 }
 
 /** llama-bench at depth: tg (`-p 0 -n gen`) or pp (`-p pp -n 0`); undefined where llama.cpp refuses the combination. */
