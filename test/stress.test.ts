@@ -1,7 +1,8 @@
 /**
  * A short `npm run stress` (scripts/stress.ts): the server in a child process on 127.0.0.1, streaming clients (a third
  * vanishing mid-stream) beside every kind of abusive request at reduced sizes. Goals: no crash, every request
- * answered (or closed by its client), no slot or queue entry held afterwards, RSS flat within 50 MB, and the
+ * answered (or closed by its client), no slot or queue entry held afterwards, the native and V8 heaps flat within
+ * 16 MiB (RSS only within 128 MiB: glibc's arenas keep freed pages by a varying amount), and the
  * well-behaved clients' tokens still flowing during the abuse.
  */
 import assert from "node:assert/strict";
@@ -19,7 +20,7 @@ describe("stress", () => {
     assert.deepEqual(r.leaked, { active: 0, queued: 0 }, "slots and queue back to idle");
     // Measured after full GCs in the server (scripts/stress-gc.mjs): without them V8 leaves 40+ MiB of the abuse's
     // garbage uncollected on an idle process, which read as 62–91 MiB of RSS growth. The heaps are the leak check.
-    assert.ok(r.rss.after - r.rss.before < 50 * 2 ** 20, `RSS grew by ${((r.rss.after - r.rss.before) / 2 ** 20).toFixed(1)} MiB`);
+    assert.ok(r.rss.after - r.rss.before < 128 * 2 ** 20, `RSS grew by ${((r.rss.after - r.rss.before) / 2 ** 20).toFixed(1)} MiB`);
     assert.ok(!(r.heap.nativeAfter - r.heap.nativeBefore > 16 * 2 ** 20), `native heap grew by ${((r.heap.nativeAfter - r.heap.nativeBefore) / 2 ** 20).toFixed(1)} MiB`);
     assert.ok(r.heap.v8After - r.heap.v8Before < 16 * 2 ** 20, `V8 heap grew by ${((r.heap.v8After - r.heap.v8Before) / 2 ** 20).toFixed(1)} MiB`);
     assert.ok(r.completedStreams > 10, "streams completed");
