@@ -51,6 +51,10 @@ struct Engine::Active {
 
 namespace {
 
+// Prompt chunks beside generating sequences (see Step): aim at this long a decode, never fewer tokens than this.
+constexpr double kChunkTargetMs = 250;
+constexpr int32_t kChunkMin = 16;
+
 size_t CommonPrefix(const std::vector<llama_token>& a, const std::vector<llama_token>& b) {
   size_t n = std::min(a.size(), b.size()), i = 0;
   while (i < n && a[i] == b[i]) i++;
@@ -364,8 +368,10 @@ void Engine::SampleGeneration(Active& a, int32_t row, std::vector<EngineEvent>& 
 
 void Engine::Step(std::vector<EngineEvent>& events) {
   // Build the batch: first the next token of every generating sequence, then label tokens of classifications,
-  // then prompt chunks in admission order. While any sequence is generating, prompts get at most a quarter of
-  // the batch (≥ 64 tokens) per step, so a long prompt delays the streams by a short decode, not a whole batch.
+  // then prompt chunks in admission order. While any sequence is generating, all prompts together get the tokens
+  // this machine decodes in about kChunkTargetMs (16 to a quarter of the batch), so a prompt arriving delays the
+  // streams' next token by one such decode, not by a whole prompt: 0.6B on two cores decodes ~150 prompt tokens a
+  // second, so a fixed 128-token chunk held every stream for ~0.9 s.
   llama_batch& batch = batch_;
   batch.n_tokens = 0;
   int32_t outputs = 0;
@@ -412,7 +418,10 @@ void Engine::Step(std::vector<EngineEvent>& events) {
       if (count) added.push_back({a.get(), 2, l, first, count});
     }
   }
-  const int32_t promptBudget = generating ? std::max(64, config_.batchSize / 4) : config_.batchSize;
+  const int32_t chunkMax = std::max(kChunkMin, config_.batchSize / 4);
+  const int32_t promptBudget = !generating ? config_.batchSize
+                               : promptRate_ <= 0 ? std::min(64, chunkMax)
+                                                  : std::clamp((int32_t)(promptRate_ * kChunkTargetMs / 1000), kChunkMin, chunkMax);
   int32_t promptUsed = 0;
   for (auto& a : actives_) {
     if (a->phase != Active::Prefill) continue;
@@ -452,7 +461,12 @@ void Engine::Step(std::vector<EngineEvent>& events) {
     return;  // rebuild the batch next step without it
   }
   ClearLastLogError();
+  const double t0 = NowMs();
   const int32_t rc = llama_decode(ctx_, batch);
+  if (rc == 0 && promptUsed > 0) {
+    const double rate = batch.n_tokens * 1000.0 / std::max(1.0, NowMs() - t0);
+    promptRate_ = promptRate_ <= 0 ? rate : 0.7 * promptRate_ + 0.3 * rate;
+  }
   {
     std::lock_guard<std::mutex> lock(mutex_);
     stats_.decodes++;

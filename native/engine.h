@@ -118,6 +118,9 @@ class Engine {
   uint64_t useClock_ = 0;
   std::unique_ptr<PromptCache> promptCache_;
   std::vector<std::string> tokenPieces_;  // every token's bytes, for grammars (empty until one is used)
+  // Tokens a second that decodes with prompt chunks in them achieved (moving average; 0 until measured): sizes the
+  // chunk that runs beside generating sequences so that their next token waits about kChunkTargetMs at most.
+  double promptRate_ = 0;
 
   std::mutex mutex_;  // guards pending_, cancels_, stats_
   std::condition_variable wake_;
