@@ -273,9 +273,9 @@ bool Engine::Admit(EngineRequest& request, std::vector<EngineEvent>& events) {
   a->req = std::move(request);
   if (a->req.kind == RequestKind::Generate) {
     try {
-      // the token-bytes table a grammar needs, built once per engine on first use
-      if (!a->req.sampling.grammar.empty() && tokenPieces_.empty()) tokenPieces_ = TokenPieces(vocab_);
-      a->sampler = std::make_unique<SequenceSampler>(vocab_, a->req.sampling, a->req.prompt, &tokenPieces_);
+      // the vocabulary tables grammars need, built once per engine on first use
+      if (!a->req.sampling.grammar.empty() && !grammarVocab_) grammarVocab_ = std::make_unique<GrammarVocab>(vocab_);
+      a->sampler = std::make_unique<SequenceSampler>(vocab_, a->req.sampling, a->req.prompt, grammarVocab_.get());
     } catch (const std::exception& e) {
       target->busy = false;
       events.push_back({EngineEvent::Error, a->req.id, e.what(), "ERR_GRAMMAR"});

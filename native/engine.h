@@ -117,7 +117,7 @@ class Engine {
   size_t cellsUsed_ = 0;
   uint64_t useClock_ = 0;
   std::unique_ptr<PromptCache> promptCache_;
-  std::vector<std::string> tokenPieces_;  // every token's bytes, for grammars (empty until one is used)
+  std::unique_ptr<GrammarVocab> grammarVocab_;  // null until a grammar is used
   // Tokens a second that decodes with prompt chunks in them achieved (moving average; 0 until measured): sizes the
   // chunk that runs beside generating sequences so that their next token waits about kChunkTargetMs at most.
   double promptRate_ = 0;

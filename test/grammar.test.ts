@@ -1,4 +1,6 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { join } from "node:path";
 import { describe, it, before, after } from "node:test";
 import { Ajv2020 } from "ajv/dist/2020.js";
 import formatsModule from "ajv-formats";
@@ -299,4 +301,29 @@ describe("generation under a JSON Schema (random weights)", () => {
       assert.ok(valid > 0, `every generation was cut by maxTokens (seeds ${cut.join(", ")})`);
     });
   }
+});
+
+describe("grammar masks (native/sampler.cc) equal llama.cpp's grammar on the whole vocabulary", () => {
+  // The sampler prefilters the vocabulary by each token's first character and caches masks by grammar state; with
+  // QWEN_GGUF_VERIFY_GRAMMAR_MASKS every mask is also computed the slow way and compared, at every step.
+  const run = (mode: string, seeds: number) => {
+    const r = spawnSync(process.execPath, ["--import", "tsx", join(import.meta.dirname, "support", "grammar-masks.ts"), String(seeds)], {
+      env: { ...process.env, QWEN_GGUF_VERIFY_GRAMMAR_MASKS: mode }, encoding: "utf8", timeout: 240_000,
+    });
+    assert.equal(r.status, 0, r.stderr);
+    return JSON.parse(r.stdout.trim().split("\n").at(-1)!) as { finished: number; failures: string[] };
+  };
+
+  it("JSON whitespace and strings, character sets beyond ASCII, '.', a token element: the same masks", { timeout: 240_000 }, (t) => {
+    const r = run("1", 3);
+    t.diagnostic(`${r.finished} generations of up to 40 tokens, every step's mask compared`);
+    assert.deepEqual(r.failures, []);
+    assert.equal(r.finished, 12);
+  });
+
+  it("a mask that differs is caught (one bit flipped)", { timeout: 240_000 }, () => {
+    const r = run("corrupt", 1);
+    assert.equal(r.finished, 0);
+    for (const f of r.failures) assert.match(f, /ERR_GRAMMAR .*grammar mask differs/);
+  });
 });
