@@ -42,8 +42,8 @@ struct Engine::Active {
   // j comes from the row of token j-1 (the prompt's last row for j = 0).
   struct Label {
     Sequence* seq = nullptr;
-    size_t decoded = 0;  // label tokens decoded so far (the last one never needs decoding)
-    std::vector<int32_t> rows;
+    size_t decoded = 0;   // label tokens decoded so far (the last one never needs decoding)
+    bool riding = false;  // its tokens are in this step's batch beside the prompt's last chunk, which it shares
   };
   std::vector<Label> labels;
   std::vector<std::vector<float>> labelLogprobs;
@@ -77,7 +77,7 @@ std::string TokenBytes(const llama_vocab* vocab, llama_token token) {
 Engine::Engine(llama_context* ctx, const llama_vocab* vocab, EngineConfig config, Sink sink)
     : ctx_(ctx), vocab_(vocab), mem_(llama_get_memory(ctx)), config_(std::move(config)), sink_(std::move(sink)),
       nVocab_(llama_vocab_n_tokens(vocab)) {
-  batch_ = llama_batch_init(config_.batchSize, 0, 1);
+  batch_ = llama_batch_init(config_.batchSize, 0, config_.sequences);  // a prompt token may belong to its labels' sequences too
   for (int32_t i = 0; i < config_.sequences; i++) {
     auto seq = std::make_unique<Sequence>();
     seq->id = i;
@@ -300,11 +300,7 @@ void Engine::Retire(Active& a) {
     a.seq->lastUse = ++useClock_;
   }
   for (auto& label : a.labels) {
-    if (label.seq) {
-      TrimSequence(*label.seq, 0);
-      label.seq->busy = false;
-      label.seq = nullptr;
-    }
+    if (label.seq) ReleaseLabelSequence(label.seq);
   }
 }
 
@@ -364,6 +360,38 @@ void Engine::SampleGeneration(Active& a, int32_t row, std::vector<EngineEvent>& 
   if (a.seq->tokens.size() + 1 > config_.contextSize) return Finish(a, "length", events);  // the context is full
   a.pending = token;
   a.hasPending = true;
+}
+
+// A classification's multi-token labels ride with its prompt's last chunk: each gets a sequence holding the prompt's
+// cells decoded so far, the chunk's tokens are decoded for all of them at once (a token may belong to several
+// sequences in a unified KV cache) and the labels' tokens follow in the same batch, so scoring costs no decode of
+// its own, that is no second pass over the weights. Labels that find no sequence or no room decode in the next step.
+std::vector<size_t> Engine::AttachLabels(Active& a, int32_t spareTokens, int32_t spareRows) {
+  std::vector<size_t> riders;
+  for (size_t l = 0; l < a.labels.size(); l++) {
+    auto& label = a.labels[l];
+    label.riding = false;
+    const int32_t need = (int32_t)a.req.labels[l].size() - 1;
+    if (need > 0 && need <= spareTokens && need <= spareRows && !label.seq) {
+      if (Sequence* s = FreeSequence(a.seq)) {
+        s->busy = true;
+        label.seq = s;
+      }
+    }
+    if (need <= 0 || need > spareTokens || need > spareRows || !label.seq) {
+      if (label.seq) ReleaseLabelSequence(label.seq);  // held since a batch that did not run: it decodes in the Labels phase
+      continue;
+    }
+    if (label.seq->tokens.size() != a.seq->tokens.size()) {  // coupled sequences must hold the same positions
+      TrimSequence(*label.seq, 0);
+      CopyPrefix(*a.seq, *label.seq, a.seq->tokens.size());
+    }
+    label.riding = true;
+    riders.push_back(l);
+    spareTokens -= need;
+    spareRows -= need;
+  }
+  return riders;
 }
 
 void Engine::Step(std::vector<EngineEvent>& events) {
@@ -431,22 +459,23 @@ void Engine::Step(std::vector<EngineEvent>& events) {
     else if (outputs >= config_.maxOutputs) room = 0;
     const int32_t n = (int32_t)std::min<size_t>(room, a->req.prompt.size() - a->next);
     if (n <= 0) continue;
+    const std::vector<size_t> riders = a->req.kind == RequestKind::Score && a->next + n == a->req.prompt.size()
+                                           ? AttachLabels(*a, config_.batchSize - batch.n_tokens - n, config_.maxOutputs - outputs - 1)
+                                           : std::vector<size_t>();
     const int32_t first = batch.n_tokens;
     for (int32_t k = 0; k < n; k++) {
       const bool last = a->next + k + 1 == a->req.prompt.size();
-      add(*a->seq, a->req.prompt[a->next + k], a->seq->tokens.size() + k, allRows || last);
+      const int32_t i = add(*a->seq, a->req.prompt[a->next + k], a->seq->tokens.size() + k, allRows || last);
+      for (size_t l : riders) batch.seq_id[i][batch.n_seq_id[i]++] = a->labels[l].seq->id;
     }
     promptUsed += n;
     added.push_back({a.get(), 1, 0, first, n});
-  }
-  // Score requests whose labels are all single tokens, or done, finish without a decode.
-  for (auto& a : actives_) {
-    if (a->phase != Active::Labels || a->done) continue;
-    bool complete = true;
-    for (size_t l = 0; l < a->labels.size(); l++) {
-      if (a->labels[l].decoded + 1 < a->req.labels[l].size()) complete = false;
+    for (size_t l : riders) {  // label token j at position prompt + j, after the prompt tokens it shares
+      const auto& tokens = a->req.labels[l];
+      const int32_t labelFirst = batch.n_tokens, count = (int32_t)tokens.size() - 1;
+      for (int32_t j = 0; j < count; j++) add(*a->labels[l].seq, tokens[j], a->req.prompt.size() + j, true);
+      added.push_back({a.get(), 2, l, labelFirst, count});
     }
-    if (complete) Finish(*a, "stop", events);
   }
   if (batch.n_tokens == 0) return;
 
@@ -487,14 +516,21 @@ void Engine::Step(std::vector<EngineEvent>& events) {
       for (int32_t k = 0; k < e.count; k++) {
         label.seq->tokens.push_back(batch.token[e.first + k]);
         label.seq->cells.push_back(NewCell());
-        label.rows.push_back(e.first + k);
       }
       continue;
     }
     for (int32_t k = 0; k < e.count; k++) {
+      const uint32_t cell = NewCell();
       a.seq->tokens.push_back(batch.token[e.first + k]);
-      a.seq->cells.push_back(NewCell());
+      a.seq->cells.push_back(cell);
+      for (auto& label : a.labels) {  // riding labels' sequences hold the same cells
+        if (!label.riding) continue;
+        label.seq->tokens.push_back(batch.token[e.first + k]);
+        label.seq->cells.push_back(cell);
+        cellRefs_[cell]++;
+      }
     }
+    for (auto& label : a.labels) label.riding = false;
     a.seq->lastUse = ++useClock_;
   }
   for (auto& e : added) {
@@ -535,13 +571,25 @@ void Engine::Step(std::vector<EngineEvent>& events) {
         a.labelLogprobs[e.label].push_back(row[tokens[label.decoded + 1]] - LogSumExp(row, nVocab_));
         label.decoded++;
       }
-      if (label.decoded + 1 >= tokens.size()) {  // scored: give the sequence back for the labels still waiting
-        TrimSequence(*label.seq, 0);
-        label.seq->busy = false;
-        label.seq = nullptr;
-      }
+      if (label.decoded + 1 >= tokens.size()) ReleaseLabelSequence(label.seq);  // scored: the sequence goes to labels waiting
     }
   }
+  // Classifications whose labels are all scored finish now, not after the next step's decode.
+  for (auto& e : added) {
+    Active& a = *e.a;
+    if (a.phase != Active::Labels || a.done) continue;
+    bool complete = true;
+    for (size_t l = 0; l < a.labels.size(); l++) {
+      if (a.labels[l].decoded + 1 < a.req.labels[l].size()) complete = false;
+    }
+    if (complete) Finish(a, "stop", events);
+  }
+}
+
+void Engine::ReleaseLabelSequence(Sequence*& seq) {
+  TrimSequence(*seq, 0);
+  seq->busy = false;
+  seq = nullptr;
 }
 
 void Engine::Run() {

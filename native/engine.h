@@ -87,6 +87,8 @@ class Engine {
   void Step(std::vector<EngineEvent>& events);
   bool Admit(EngineRequest& request, std::vector<EngineEvent>& events);
   Sequence* EmptySequence(const Sequence* keep);  // a sequence id holding no tokens, or null
+  std::vector<size_t> AttachLabels(Active& a, int32_t spareTokens, int32_t spareRows);
+  void ReleaseLabelSequence(Sequence*& seq);      // emptied and given back
   Sequence* FreeSequence(const Sequence* keep);     // EmptySequence, else the LRU idle one evicted
   void ClearSequence(Sequence& seq, bool saveState);
   void TrimSequence(Sequence& seq, size_t keep);

@@ -52,6 +52,34 @@ describe("classify", () => {
     });
   }
 
+  it("multi-token labels are scored in the prompt's own decode: one decode per classification", async () => {
+    const before = model.stats().decodes;
+    await model.classify(`A fresh text ${Date.now()}:`, { labels: [" absolutely wonderful", " quite terrible indeed", " meh"], chat: false });
+    assert.equal(model.stats().decodes - before, 1);
+  });
+
+  it("more multi-token labels than free sequences, beside a streaming reply: the same scores as logits()", async () => {
+    // 40 labels of several tokens: those that find a sequence ride with the prompt's last chunk, the rest decode in
+    // later steps; the stream keeps the prompt in small chunks.
+    const labels = Array.from({ length: 40 }, (_, i) => ` option number ${i} of many`);
+    const text = `Pick one for case ${Date.now()}:`;
+    const reply = model.stream("Tell a long story.", { maxTokens: 200, temperature: 0, ignoreEos: true });
+    const consumed = (async () => { for await (const _ of reply); })();
+    const result = await model.classify(text, { labels, chat: false });
+    await consumed;
+    const prompt = model.tokenize(text, { special: true }), v = model.info.vocabSize;
+    for (const label of labels.filter((_, i) => i % 7 === 0)) {
+      const tokens = model.tokenize(label);
+      const logits = await model.logits([...prompt, ...tokens]);
+      let score = 0;
+      for (let k = 0; k < tokens.length; k++) score += logprob(logits.subarray((prompt.length - 1 + k) * v, (prompt.length + k) * v), tokens[k]);
+      assert.ok(Math.abs(result.logprobs[label] - score) < 1e-3, `${label}: ${result.logprobs[label]} vs ${score}`);
+    }
+    const stats = model.stats();
+    assert.equal(stats.active, 0);
+    assert.ok(stats.kvCellsUsed <= stats.cachedTokens, `cells in use ${stats.kvCellsUsed}, tokens held ${stats.cachedTokens}: a shared cell leaked`);
+  });
+
   it("chat: true renders the instruction and examples with the template; positive/negative get a sentiment instruction", async () => {
     const r = await model.classify("I loved it!", { labels: ["positive", "negative"] });
     assert.ok(["positive", "negative"].includes(r.label));
