@@ -18,14 +18,15 @@ import { benchCheckpoint, benchModel, cacheDir, llamaTool, parseFlags, run } fro
 const LLAMA_TYPE: Record<string, string> = { q8_0: "Q8_0", q4_k_m: "Q4_K_M", q4_0: "Q4_0", q5_k_m: "Q5_K_M", q6_k: "Q6_K" };
 
 /** Runs a command under python3, returning wall seconds and the child's peak RSS in bytes. */
-export async function measured(cmd: string[]): Promise<{ seconds: number; peakRss: number; stdout: string }> {
+export async function measured(cmd: string[]): Promise<{ seconds: number; cpuSeconds: number; peakRss: number; stdout: string }> {
   const wrapper = "import json,resource,subprocess,sys,time\nt=time.time()\nr=subprocess.run(sys.argv[1:],stdout=subprocess.PIPE,stderr=subprocess.PIPE,text=True)\n" +
-    "sys.stdout.write(r.stdout)\nprint(json.dumps({'code':r.returncode,'seconds':time.time()-t,'maxrss_kb':resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss,'stderr':r.stderr[-2000:]}))";
+    "u=resource.getrusage(resource.RUSAGE_CHILDREN)\nsys.stdout.write(r.stdout)\n" +
+    "print(json.dumps({'code':r.returncode,'seconds':time.time()-t,'cpu':u.ru_utime+u.ru_stime,'maxrss_kb':u.ru_maxrss,'stderr':r.stderr[-2000:]}))";
   const { stdout } = await run("python3", ["-c", wrapper, ...cmd]);
   const lines = stdout.trim().split("\n");
   const stats = JSON.parse(lines.pop()!);
   if (stats.code !== 0) throw new Error(`${cmd.join(" ")} failed (${stats.code}): ${stats.stderr}`);
-  return { seconds: stats.seconds, peakRss: stats.maxrss_kb * 1024, stdout: lines.join("\n") };
+  return { seconds: stats.seconds, cpuSeconds: stats.cpu, peakRss: stats.maxrss_kb * 1024, stdout: lines.join("\n") };
 }
 
 /**

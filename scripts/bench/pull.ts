@@ -57,9 +57,12 @@ async function withDisk(dir: string, cmd: string[], env: NodeJS.ProcessEnv) {
   })();
   const saved = { ...process.env };
   Object.assign(process.env, env);
+  // this process serves the loopback hub: its CPU time is the serving side's share of the same two cores
+  const cpu0 = process.cpuUsage();
   try {
     const r = await measured(cmd);
-    return { ...r, peakDisk: peak };
+    const cpu = process.cpuUsage(cpu0);
+    return { ...r, peakDisk: peak, hubCpuSeconds: (cpu.user + cpu.system) / 1e6 };
   } finally {
     process.env = saved;
     sampling = false;
@@ -118,7 +121,7 @@ async function main() {
   const work = join(cacheDir, "bench-pull");
   await rm(work, { recursive: true, force: true });
   const env = { HF_ENDPOINT: hub.url, HF_HOME: join(work, "hf"), HF_HUB_OFFLINE: "", HF_TOKEN: "" };
-  const rows: { label: string; seconds: number; peakDisk: number; peakRss: number; out: string }[] = [];
+  const rows: { label: string; seconds: number; cpuSeconds: number; hubCpuSeconds: number; peakDisk: number; peakRss: number; out: string }[] = [];
   try {
     console.error(`load average before: ${loadavg().map((x) => x.toFixed(2)).join(" ")}`);
     // 1. the baseline: convert a checkpoint already on disk
@@ -146,8 +149,8 @@ async function main() {
     const outSize = (await stat(streamedOut)).size;
     console.log(`\n${shapeName} (random weights; BF16 checkpoint of ${gb(checkpointBytes)} GB in ${shards} shard(s), served on loopback) → ${type}, ${threads} threads; output ${gb(outSize)} GB`);
     console.log(`load average after: ${loadavg().map((x) => x.toFixed(2)).join(" ")}\n`);
-    console.log("| method | wall time | peak disk | peak RSS |\n|---|---|---|---|");
-    for (const r of rows) console.log(`| ${r.label} | ${r.seconds.toFixed(1)} s | ${gb(r.peakDisk)} GB | ${gb(r.peakRss)} GB |`);
+    console.log("| method | wall time | CPU time | loopback hub's CPU time | peak disk | peak RSS |\n|---|---|---|---|---|---|");
+    for (const r of rows) console.log(`| ${r.label} | ${r.seconds.toFixed(1)} s | ${r.cpuSeconds.toFixed(1)} s | ${r.hubCpuSeconds.toFixed(1)} s | ${gb(r.peakDisk)} GB | ${gb(r.peakRss)} GB |`);
     console.log(`\nstreamed / local-disk conversion time: ${(b.seconds / a.seconds).toFixed(3)} (goal ≤ 1.05); streamed / download-then-convert: ${(b.seconds / c.seconds).toFixed(3)}`);
     console.log(`peak disk of the streamed pull: ${gb(b.peakDisk)} GB = ${(b.peakDisk / outSize).toFixed(3)} × the output (goal: the output only)`);
     const same = shaA === shaB && shaB === shaC;
