@@ -358,6 +358,12 @@ export class Model {
     }
   }
 
+  /** A lower bound of `tokenize(text).length` from the text's size alone, without tokenizing: its bytes over the longest token's. */
+  minTokens(text: string): number {
+    checkString("text", text);
+    return Math.ceil(Buffer.byteLength(text) / this.maxTokenBytes);
+  }
+
   /** Text → token ids. `special: true` parses special tokens such as `<|im_start|>` in the text. */
   tokenize(text: string, options: { special?: boolean } = {}): number[] {
     this.assertUsable();

@@ -4,7 +4,9 @@ import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { setTimeout as sleep } from "node:timers/promises";
 import OpenAI, { APIError } from "openai";
+import { ApiError } from "../src/server/errors.js";
 import { serve, type Server } from "../src/server/index.js";
+import { precheckLength } from "../src/server/openai.js";
 import { converted, TINY_QWEN3 } from "./support/models.js";
 
 const KEY = "test-key-123";
@@ -124,6 +126,19 @@ describe("server", () => {
     await expectApiError(client.completions.create({ prompt: "word ".repeat(600), max_tokens: 4 } as never), 400, "context_length_exceeded");
     await expectApiError(new OpenAI({ baseURL: `${server.url}/v1`, apiKey: "wrong", maxRetries: 0 }).models.list(), 401, "invalid_api_key");
 
+    // a prompt whose bytes alone exceed the context is refused without tokenizing it (on the event loop)
+    const { model } = server;
+    const huge = "the same words again ".repeat(Math.ceil((model.contextSize * 256) / 21));
+    assert.ok(model.minTokens(huge) > model.contextSize && model.minTokens(huge) <= model.tokenize(huge).length);
+    const tokenize = model.tokenize;
+    let tokenized = 0;
+    model.tokenize = (...args) => (tokenized++, tokenize.apply(model, args));
+    try {
+      assert.throws(() => precheckLength(model, [huge], "prompt"), (e: ApiError) => e.status === 400 && /at least \d+ tokens/.test(e.message));
+      assert.equal(tokenized, 0);
+    } finally {
+      model.tokenize = tokenize;
+    }
     const overflow = await post("/v1/completions", { prompt: "word ".repeat(600) });
     assert.match(((await overflow.json()) as { error: { message: string } }).error.message, /at least \d{3} tokens.*context size of 512 tokens/);
     const malformed = await post("/v1/chat/completions", "{\"messages\": [");
