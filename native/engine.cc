@@ -42,8 +42,7 @@ struct Engine::Active {
   // j comes from the row of token j-1 (the prompt's last row for j = 0).
   struct Label {
     Sequence* seq = nullptr;
-    size_t decoded = 0;   // label tokens decoded so far (the last one never needs decoding)
-    bool riding = false;  // its tokens are in this step's batch beside the prompt's last chunk, which it shares
+    size_t decoded = 0;  // label tokens decoded so far (the last one never needs decoding)
   };
   std::vector<Label> labels;
   std::vector<std::vector<float>> labelLogprobs;
@@ -370,15 +369,15 @@ std::vector<size_t> Engine::AttachLabels(Active& a, int32_t spareTokens, int32_t
   std::vector<size_t> riders;
   for (size_t l = 0; l < a.labels.size(); l++) {
     auto& label = a.labels[l];
-    label.riding = false;
     const int32_t need = (int32_t)a.req.labels[l].size() - 1;
-    if (need > 0 && need <= spareTokens && need <= spareRows && !label.seq) {
+    const bool fits = need > 0 && need <= spareTokens && need <= spareRows;
+    if (fits && !label.seq) {
       if (Sequence* s = FreeSequence(a.seq)) {
         s->busy = true;
         label.seq = s;
       }
     }
-    if (need <= 0 || need > spareTokens || need > spareRows || !label.seq) {
+    if (!fits || !label.seq) {
       if (label.seq) ReleaseLabelSequence(label.seq);  // held since a batch that did not run: it decodes in the Labels phase
       continue;
     }
@@ -386,7 +385,6 @@ std::vector<size_t> Engine::AttachLabels(Active& a, int32_t spareTokens, int32_t
       TrimSequence(*label.seq, 0);
       CopyPrefix(*a.seq, *label.seq, a.seq->tokens.size());
     }
-    label.riding = true;
     riders.push_back(l);
     spareTokens -= need;
     spareRows -= need;
@@ -403,7 +401,8 @@ void Engine::Step(std::vector<EngineEvent>& events) {
   llama_batch& batch = batch_;
   batch.n_tokens = 0;
   int32_t outputs = 0;
-  struct Added { Active* a; int32_t kind; size_t label; int32_t first; int32_t count; };  // kind 0 gen, 1 prompt, 2 label
+  // kind 0 gen, 1 prompt, 2 label; riders: a prompt chunk's labels whose sequences share its tokens (AttachLabels)
+  struct Added { Active* a; int32_t kind; size_t label; int32_t first; int32_t count; std::vector<size_t> riders = {}; };
   std::vector<Added> added;
   auto add = [&](const Sequence& seq, llama_token t, size_t pos, bool output) {
     const int32_t i = batch.n_tokens++;
@@ -469,7 +468,7 @@ void Engine::Step(std::vector<EngineEvent>& events) {
       for (size_t l : riders) batch.seq_id[i][batch.n_seq_id[i]++] = a->labels[l].seq->id;
     }
     promptUsed += n;
-    added.push_back({a.get(), 1, 0, first, n});
+    added.push_back({a.get(), 1, 0, first, n, riders});
     for (size_t l : riders) {  // label token j at position prompt + j, after the prompt tokens it shares
       const auto& tokens = a->req.labels[l];
       const int32_t labelFirst = batch.n_tokens, count = (int32_t)tokens.size() - 1;
@@ -523,14 +522,13 @@ void Engine::Step(std::vector<EngineEvent>& events) {
       const uint32_t cell = NewCell();
       a.seq->tokens.push_back(batch.token[e.first + k]);
       a.seq->cells.push_back(cell);
-      for (auto& label : a.labels) {  // riding labels' sequences hold the same cells
-        if (!label.riding) continue;
-        label.seq->tokens.push_back(batch.token[e.first + k]);
-        label.seq->cells.push_back(cell);
+      for (size_t l : e.riders) {  // the riding labels' sequences hold the same cells
+        Sequence& rider = *a.labels[l].seq;
+        rider.tokens.push_back(batch.token[e.first + k]);
+        rider.cells.push_back(cell);
         cellRefs_[cell]++;
       }
     }
-    for (auto& label : a.labels) label.riding = false;
     a.seq->lastUse = ++useClock_;
   }
   for (auto& e : added) {

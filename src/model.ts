@@ -352,9 +352,8 @@ export class Model {
    * calling thread, and megabytes of text would stall the event loop for seconds.
    */
   private checkPromptBytes(text: string) {
-    const bytes = Buffer.byteLength(text);
-    if (bytes > this.contextSize * this.maxTokenBytes) {
-      throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${bytes} bytes: more than the context size of ${this.contextSize} tokens can hold (at most ${this.maxTokenBytes} bytes a token)`);
+    if (this.minTokens(text) > this.contextSize) {
+      throw new QwenError("ERR_CONTEXT_OVERFLOW", `the prompt has ${Buffer.byteLength(text)} bytes: more than the context size of ${this.contextSize} tokens can hold (at most ${this.maxTokenBytes} bytes a token)`);
     }
   }
 
